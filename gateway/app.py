@@ -1,0 +1,338 @@
+"""The gateway: serves the page, takes uploads, drives turns over the bus, streams SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.bus import Bus, StageUnavailable
+from gateway.conversations import Conversation, ConversationStore
+from gateway.media import MediaError, decode_to_pcm
+from gateway.settings import GatewaySettings
+from gateway.stages import StageBoard
+from gateway.turn import Emit, Finish, Send, TurnState
+from proto import Envelope, TurnCancel
+from services.personas import DEFAULT_PERSONA, PERSONAS
+from services.runtime.endpoints import STAGES
+
+log = logging.getLogger("s2s.gateway")
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "s2s_conversation"
+CSP = ("default-src 'self'; media-src 'self' blob: data:; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+TICK_S = 0.25  # how often a waiting stream checks for disconnects and timeouts
+PING_S = 15.0
+GATEWAY = web.AppKey("gateway", "Gateway")
+
+
+@dataclass
+class Upload:
+    session_id: str
+    conversation: str
+    persona: str
+    pcm: bytes
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class LiveTurn:
+    conversation: Conversation
+    number: int
+    inbox: asyncio.Queue
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, bus: Bus):
+        self.settings = settings
+        self.bus = bus
+        self.board = StageBoard()
+        self.conversations = ConversationStore()
+        self.uploads: dict[str, Upload] = {}
+        self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409
+        self.live: dict[tuple[str, int], LiveTurn] = {}
+        self.by_session: dict[str, LiveTurn] = {}
+
+    # --- bus -----------------------------------------------------------------------------------
+
+    def on_bus_message(self, message: Envelope, payload: list[bytes]) -> None:
+        stage = getattr(message, "stage", None) or message.producer.split("-", 1)[0]
+        self.board.seen(stage)
+        self.board.update(message)
+        if message.session:
+            turn = self.live.get((message.session, message.turn))
+            if turn is not None:
+                turn.inbox.put_nowait((message, payload))
+
+    def cancel_on_stages(self, session: str, turn: int, reason: str) -> None:
+        for stage in STAGES:
+            try:
+                self.bus.send(stage, TurnCancel(session=session, turn=turn, reason=reason, sent=time.monotonic()))
+            except StageUnavailable:
+                pass  # a stage that is not there holds no work for this turn
+
+    # --- HTTP: page and status -----------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def config(self, request: web.Request) -> web.Response:
+        personas = [{"key": p.key, "name": p.name, "voice": p.voice, "style": p.style} for p in PERSONAS.values()]
+        return web.json_response({"personas": personas, "default_persona": DEFAULT_PERSONA})
+
+    async def stages(self, request: web.Request) -> web.Response:
+        return web.json_response({"stages": self.board.snapshot(), "dropped_frames": self.bus.dropped_frames})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reasons = {}
+        for stage, info in self.board.snapshot().items():
+            if info["state"] not in ("ready", "busy"):
+                reasons[stage] = info["state"] + (f": {info['error']}" if info["error"] else "")
+        if reasons:
+            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+        return web.json_response({"ready": True})
+
+    # --- HTTP: conversation --------------------------------------------------------------------
+
+    def _conversation(self, request: web.Request) -> Conversation:
+        return self.conversations.get_or_create(request.cookies.get(COOKIE))
+
+    def _with_cookie(self, response: web.StreamResponse, conversation: Conversation) -> web.StreamResponse:
+        response.set_cookie(COOKIE, conversation.id, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def clear(self, request: web.Request) -> web.Response:
+        conversation = self._conversation(request)
+        conversation.clear()
+        return self._with_cookie(web.json_response({"cleared": True}), conversation)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        persona = request.query.get("persona", DEFAULT_PERSONA)
+        if persona not in PERSONAS:
+            return json_error(400, f"Unknown persona {persona!r}.")
+        if request.content_length is not None and request.content_length > self.settings.max_upload_bytes:
+            return json_error(413, "The recording is too large.")
+        try:
+            data = await self._read_body(request)
+            pcm = await decode_to_pcm(data, self.settings.max_audio_s)
+        except MediaError as exc:
+            return json_error(exc.status, exc.message)
+        conversation = self._conversation(request)
+        conversation.set_persona(persona)
+        self._expire_uploads()
+        session_id = secrets.token_urlsafe(24)
+        self.uploads[session_id] = Upload(session_id, conversation.id, persona, pcm)
+        return self._with_cookie(web.json_response({"session_id": session_id}), conversation)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The raw body, or the first file field of a multipart form, within the size limit."""
+        limit = self.settings.max_upload_bytes
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                if part.filename is not None or part.name in ("audio", "file"):
+                    return await self._read_limited(part.read_chunk, limit)
+            raise MediaError(400, "The form holds no audio file.")
+        return await self._read_limited(request.content.read, limit)
+
+    @staticmethod
+    async def _read_limited(read, limit: int) -> bytes:
+        chunks, size = [], 0
+        while chunk := await read(65536):
+            size += len(chunk)
+            if size > limit:
+                raise MediaError(413, "The recording is too large.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _expire_uploads(self) -> None:
+        cutoff = time.monotonic() - self.settings.upload_ttl_s
+        for session_id in [k for k, u in self.uploads.items() if u.created < cutoff]:
+            del self.uploads[session_id]
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        turn = self.by_session.get(request.match_info["session_id"])
+        if turn is None:
+            return json_error(404, "No live turn with that id.")
+        turn.cancelled.set()
+        turn.inbox.put_nowait(None)  # wake the stream
+        return web.json_response({"cancelled": True})
+
+    # --- HTTP: the turn itself -----------------------------------------------------------------
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        session_id = request.match_info["session_id"]
+        self._expire_uploads()
+        upload = self.uploads.pop(session_id, None)
+        if upload is None:
+            if session_id in self.used:
+                return json_error(409, "That recording was already streamed.")
+            return json_error(404, "Unknown or expired session id.")
+        self.used[session_id] = None
+        while len(self.used) > 10000:
+            self.used.popitem(last=False)
+        conversation = self.conversations.get_or_create(upload.conversation)
+        if conversation.id != upload.conversation:
+            return json_error(404, "That conversation has expired.")
+        if conversation.active_turn is not None:  # a new question supersedes the old answer
+            previous = self.live.get((conversation.id, conversation.active_turn))
+            if previous is not None:
+                previous.cancelled.set()
+                previous.inbox.put_nowait(None)
+        number = conversation.next_turn()
+        turn = LiveTurn(conversation, number, asyncio.Queue())
+        self.live[(conversation.id, number)] = turn
+        self.by_session[session_id] = turn
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        sse = SseWriter(response)
+        finished = False
+        try:
+            finished = await self._drive(request, turn, upload, sse)
+        finally:
+            del self.live[(conversation.id, number)]
+            del self.by_session[session_id]
+            if conversation.active_turn == number:
+                conversation.active_turn = None
+            if not finished:
+                self.cancel_on_stages(conversation.id, number, "stream closed")
+        return response
+
+    async def _drive(self, request: web.Request, turn: LiveTurn, upload: Upload, sse: "SseWriter") -> bool:
+        """Run the turn's state machine to its end; True only when the answer completed."""
+        persona = PERSONAS[upload.persona]
+        state = TurnState(turn.conversation.id, turn.number, persona.key, persona.voice,
+                          list(turn.conversation.history), time.monotonic)
+        pending = deque(state.start(upload.pcm))
+        last_progress = time.monotonic()
+        while True:
+            while pending:
+                action = pending.popleft()
+                if isinstance(action, Send):
+                    pending.extend(await self._send(state, action))
+                elif isinstance(action, Emit):
+                    if not await sse.send(action.event, action.data):
+                        return False
+                elif isinstance(action, Finish):
+                    if action.ok:
+                        turn.conversation.remember(action.user_text, action.reply_text)
+                    return action.ok
+            item = await self._next(turn, TICK_S)
+            if turn.cancelled.is_set():
+                await sse.send("error", {"message": "The turn was cancelled."})
+                return False
+            if self._disconnected(request):
+                return False
+            if item is not None:
+                last_progress = time.monotonic()
+                pending.extend(state.on_message(*item))
+            elif time.monotonic() - last_progress > self.settings.stage_timeout_s:
+                pending.extend(state.on_timeout())
+            elif (waiting := state.waiting_on()) and self.board.state(waiting) in ("down", "failed"):
+                pending.extend(state.on_stage_down(waiting, self.board.state(waiting)))
+            if not await sse.keepalive(PING_S):
+                return False
+
+    async def _send(self, state: TurnState, action: Send) -> list:
+        """Send to a stage, waiting a while for one that is still loading; [] on success."""
+        deadline = time.monotonic() + self.settings.stage_wait_s
+        while not self.board.is_ready(action.stage) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        action.message.sent = time.monotonic()
+        try:
+            if not self.board.is_ready(action.stage):
+                raise StageUnavailable(self.board.state(action.stage))
+            self.bus.send(action.stage, action.message, *action.payload)
+        except StageUnavailable as exc:
+            return state.on_stage_down(action.stage, str(exc))
+        return []
+
+    @staticmethod
+    async def _next(turn: LiveTurn, timeout: float):
+        try:
+            return await asyncio.wait_for(turn.inbox.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    @staticmethod
+    def _disconnected(request: web.Request) -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+
+class SseWriter:
+    """Server-Sent Events with ids and keep-alive comments; send() is False once the client left."""
+
+    def __init__(self, response: web.StreamResponse):
+        self.response = response
+        self.next_id = 0
+        self.last_write = time.monotonic()
+
+    async def _write(self, text: str) -> bool:
+        try:
+            await self.response.write(text.encode())
+        except (ConnectionResetError, RuntimeError):
+            return False
+        self.last_write = time.monotonic()
+        return True
+
+    async def send(self, event: str, data: dict) -> bool:
+        self.next_id += 1
+        return await self._write(f"id: {self.next_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n")
+
+    async def keepalive(self, every_s: float) -> bool:
+        if time.monotonic() - self.last_write < every_s:
+            return True
+        return await self._write(": ping\n\n")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler):
+    response = await handler(request)
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) -> web.Application:
+    settings = settings or GatewaySettings.from_env()
+    bus = bus or Bus()
+    gateway = Gateway(settings, bus)
+    app = web.Application(middlewares=[security_headers], client_max_size=settings.max_upload_bytes + 65536)
+    app[GATEWAY] = gateway
+    app.router.add_get("/", gateway.index)
+    app.router.add_static("/static/", STATIC)
+    app.router.add_get("/api/config", gateway.config)
+    app.router.add_get("/api/stages", gateway.stages)
+    app.router.add_post("/api/clear", gateway.clear)
+    app.router.add_post("/api/cancel/{session_id}", gateway.cancel)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_post("/upload", gateway.upload)
+    app.router.add_get("/stream/{session_id}", gateway.stream)
+
+    async def bus_lifecycle(app: web.Application):
+        bus.start(gateway.on_bus_message)
+        yield
+        await bus.close()
+
+    app.cleanup_ctx.append(bus_lifecycle)
+    return app

@@ -1,0 +1,32 @@
+"""Gateway settings from S2S_GATEWAY_* (environment over config/gateway.env)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.runtime.settings import StageSettings
+
+
+@dataclass
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_audio_s: float = 60.0
+    upload_ttl_s: float = 120.0  # uploads never streamed are dropped after this
+    stage_wait_s: float = 30.0  # how long a turn waits for a stage that is still loading
+    stage_timeout_s: float = 60.0  # longest silence from the stage a turn is waiting on
+
+    @classmethod
+    def from_env(cls) -> "GatewaySettings":
+        s = StageSettings.load("gateway")
+        d = cls()
+        return cls(
+            host=s.get("HOST", d.host),
+            port=s.get_int("PORT", d.port),
+            max_upload_bytes=s.get_int("MAX_UPLOAD_BYTES", d.max_upload_bytes),
+            max_audio_s=s.get_float("MAX_AUDIO_S", d.max_audio_s),
+            upload_ttl_s=s.get_float("UPLOAD_TTL_S", d.upload_ttl_s),
+            stage_wait_s=s.get_float("STAGE_WAIT_S", d.stage_wait_s),
+            stage_timeout_s=s.get_float("STAGE_TIMEOUT_S", d.stage_timeout_s),
+        )

@@ -1,0 +1,200 @@
+"""One turn as a pure state machine: bus messages in, actions out. No sockets, no HTTP.
+
+Order of a turn: asr.request -> asr.final -> llm.request -> llm.sentence* (each sent on to TTS
+at once) -> tts.audio*/tts.done per sentence -> llm.done -> `done` once every sentence is spoken.
+Chunks are released to the browser strictly in sentence order, whatever order results come in.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+from proto import (AsrFinal, AsrRequest, ChatMessage, Envelope, LlmDone, LlmRequest, LlmSentence, StageError,
+                   TtsAudio, TtsDone, TtsRequest)
+from services.runtime.audio import wav_bytes
+
+
+@dataclass
+class Send:
+    stage: str
+    message: Envelope
+    payload: tuple[bytes, ...] = ()
+
+
+@dataclass
+class Emit:
+    event: str  # transcript | chunk | done | error
+    data: dict
+
+
+@dataclass
+class Finish:
+    ok: bool
+    user_text: str = ""
+    reply_text: str = ""
+
+
+Action = Send | Emit | Finish
+
+
+@dataclass
+class _Sentence:
+    text: str
+    parts: dict[int, TtsAudio] = field(default_factory=dict)
+    pcm: dict[int, bytes] = field(default_factory=dict)
+    released: int = 0  # parts already emitted as chunks
+    total_parts: int | None = None  # known once tts.done arrives
+    compute_s: float = 0.0
+
+
+class TurnState:
+    def __init__(self, session: str, turn: int, persona: str, voice: str, history: list[ChatMessage],
+                 clock, max_new_tokens: int = 220):
+        self.session, self.turn = session, turn
+        self.persona, self.voice = persona, voice
+        self.history = history
+        self.max_new_tokens = max_new_tokens
+        self.clock = clock
+        self.started = clock()
+        self.phase = "asr"  # asr -> llm -> ended
+        self.user_text = ""
+        self.sentences: list[_Sentence] = []
+        self.next_sentence = 0  # first sentence not fully released
+        self.chunks = 0
+        self.llm_done: LlmDone | None = None
+        self.timing: dict[str, float] = {}
+        self.ended = False
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _ids(self, message: Envelope) -> Envelope:
+        message.session, message.turn = self.session, self.turn
+        return message
+
+    def waiting_on(self) -> str | None:
+        """The stage this turn is waiting for now, for timeouts and error messages."""
+        if self.ended:
+            return None
+        if self.phase == "asr":
+            return "asr"
+        if self.llm_done is None:
+            return "llm"
+        return "tts"
+
+    def _end_error(self, message: str, stage: str | None) -> list[Action]:
+        self.ended = True
+        data = {"message": message}
+        if stage:
+            data["stage"] = stage
+        return [Emit("error", data), Finish(ok=False)]
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def start(self, pcm: bytes) -> list[Action]:
+        return [Send("asr", self._ids(AsrRequest(sample_rate=16000)), (pcm,))]
+
+    def on_message(self, message: Envelope, payload: list[bytes]) -> list[Action]:
+        if self.ended or (message.session, message.turn) != (self.session, self.turn):
+            return []  # late or foreign results never reach another turn
+        if isinstance(message, StageError):
+            return self._end_error(f"The {message.stage.upper()} stage failed: {message.message}", message.stage)
+        if isinstance(message, AsrFinal) and self.phase == "asr":
+            return self._on_transcript(message)
+        if self.phase != "llm":
+            return []
+        if isinstance(message, LlmSentence):
+            return self._on_sentence(message)
+        if isinstance(message, TtsAudio):
+            return self._on_audio(message, payload[0])
+        if isinstance(message, TtsDone):
+            return self._on_tts_done(message)
+        if isinstance(message, LlmDone):
+            self.llm_done = message
+            self.timing["llm"] = message.compute_s
+            self.timing["llm_first_sentence"] = message.first_sentence_s
+            return self._release()
+        return []
+
+    def on_timeout(self) -> list[Action]:
+        stage = self.waiting_on()
+        if stage is None:
+            return []
+        return self._end_error(f"The {stage.upper()} stage did not answer in time.", stage)
+
+    def on_stage_down(self, stage: str, reason: str) -> list[Action]:
+        if self.ended:
+            return []
+        return self._end_error(f"The {stage.upper()} stage is not available: {reason}", stage)
+
+    # --- transitions ---------------------------------------------------------------------------
+
+    def _on_transcript(self, message: AsrFinal) -> list[Action]:
+        self.user_text = message.text.strip()
+        self.timing["asr"] = message.compute_s
+        actions: list[Action] = [Emit("transcript", {"text": self.user_text, "asr_time": message.compute_s})]
+        if not self.user_text:
+            return actions + self._end_error("No speech was recognized. Please try again.", "asr")
+        self.phase = "llm"
+        history = [*self.history, ChatMessage("user", self.user_text)]
+        request = LlmRequest(persona=self.persona, history=history, max_new_tokens=self.max_new_tokens)
+        return actions + [Send("llm", self._ids(request))]
+
+    def _on_sentence(self, message: LlmSentence) -> list[Action]:
+        if message.index != len(self.sentences):
+            return []  # duplicate or out of order: never speak a sentence twice
+        self.sentences.append(_Sentence(message.text))
+        request = TtsRequest(index=message.index, text=message.text, voice=self.voice)
+        return [Send("tts", self._ids(request))]
+
+    def _sentence(self, index: int) -> _Sentence | None:
+        return self.sentences[index] if 0 <= index < len(self.sentences) else None
+
+    def _on_audio(self, message: TtsAudio, pcm: bytes) -> list[Action]:
+        sentence = self._sentence(message.index)
+        if sentence is None or message.part in sentence.parts or message.part < sentence.released:
+            return []
+        sentence.parts[message.part] = message
+        sentence.pcm[message.part] = pcm
+        return self._release()
+
+    def _on_tts_done(self, message: TtsDone) -> list[Action]:
+        sentence = self._sentence(message.index)
+        if sentence is None or sentence.total_parts is not None:
+            return []
+        sentence.total_parts = message.parts
+        sentence.compute_s = message.compute_s
+        self.timing["tts"] = round(self.timing.get("tts", 0.0) + message.compute_s, 4)
+        return self._release()
+
+    def _release(self) -> list[Action]:
+        """Emit every chunk that is next in order, then finish if everything is spoken."""
+        actions: list[Action] = []
+        while (sentence := self._sentence(self.next_sentence)) is not None:
+            while sentence.released in sentence.parts:
+                part = sentence.parts.pop(sentence.released)
+                pcm = sentence.pcm.pop(sentence.released)
+                actions.append(self._chunk(sentence, part, pcm))
+                sentence.released += 1
+            if sentence.total_parts is None or sentence.released < sentence.total_parts:
+                break
+            self.next_sentence += 1
+        if self.llm_done is not None and self.next_sentence == len(self.sentences):
+            actions += self._finish()
+        return actions
+
+    def _chunk(self, sentence: _Sentence, part: TtsAudio, pcm: bytes) -> Emit:
+        if self.chunks == 0:
+            self.timing["tts_first_chunk"] = part.compute_s
+            self.timing["first_audio"] = round(self.clock() - self.started, 4)
+        data = {"index": self.chunks, "b64": base64.b64encode(wav_bytes(pcm, part.sample_rate)).decode("ascii"),
+                "text": sentence.text if part.part == 0 else ""}
+        self.chunks += 1
+        return Emit("chunk", data)
+
+    def _finish(self) -> list[Action]:
+        self.ended = True
+        reply = self.llm_done.full_text if self.llm_done else ""
+        self.timing["total"] = round(self.clock() - self.started, 4)
+        done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing)}
+        return [Emit("done", done), Finish(ok=True, user_text=self.user_text, reply_text=reply)]

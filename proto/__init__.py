@@ -1,0 +1,4 @@
+"""s2s wire protocol: see proto/README.md."""
+
+from proto.messages import *  # noqa: F401,F403
+from proto.messages import PROTOCOL_VERSION, ProtocolError, decode, encode, tag_of  # noqa: F401

@@ -1,0 +1,181 @@
+"""The wire contract: one msgpack header frame, then raw PCM payload frames.
+
+proto/README.md is the spec; tests/test_proto.py pins the bytes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+# How many raw payload frames follow the header, per tag. Anything else is malformed.
+_PAYLOAD_FRAMES = {"asr.request": 1, "tts.audio": 1}
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message of this protocol version."""
+
+
+class Envelope(msgspec.Struct, kw_only=True, tag_field="tag", forbid_unknown_fields=False):
+    """Fields every header carries. Unknown extra fields are ignored (forward compatibility)."""
+
+    v: int = PROTOCOL_VERSION
+    session: str = ""  # conversation id; "" for stage-level messages
+    turn: int = 0  # turn number within the session, strictly increasing
+    seq: int = 0  # per-producer sequence number
+    sent: float = 0.0  # sender's time.monotonic() (host-local clock)
+    deadline: float = 0.0  # monotonic time after which the work is stale; 0 = none
+    producer: str = ""  # instance id of the sending process
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
+    role: str
+    content: str
+
+
+# --- requests and results, in turn order ---------------------------------------------------
+
+
+class AsrRequest(Envelope, tag="asr.request"):
+    """Payload: one frame of 16-bit little-endian mono PCM."""
+
+    sample_rate: int = 16000
+
+
+class AsrFinal(Envelope, tag="asr.final"):
+    text: str
+    compute_s: float
+    audio_s: float
+
+
+class LlmRequest(Envelope, tag="llm.request"):
+    persona: str
+    history: list[ChatMessage]  # bounded history, the new user message last
+    max_new_tokens: int = 220
+
+
+class LlmSentence(Envelope, tag="llm.sentence"):
+    index: int
+    text: str
+    elapsed_s: float  # since the request started on the worker
+
+
+class LlmDone(Envelope, tag="llm.done"):
+    full_text: str
+    sentences: int
+    tokens: int
+    compute_s: float
+    first_sentence_s: float  # -1 when no sentence was produced
+
+
+class TtsRequest(Envelope, tag="tts.request"):
+    index: int  # sentence index within the turn
+    text: str
+    voice: str
+    speed: float = 1.0
+
+
+class TtsAudio(Envelope, tag="tts.audio"):
+    """Payload: one frame of 16-bit little-endian mono PCM at sample_rate."""
+
+    index: int
+    part: int  # a long sentence may be synthesized in several parts
+    text: str
+    sample_rate: int
+    compute_s: float
+
+
+class TtsDone(Envelope, tag="tts.done"):
+    index: int
+    parts: int
+    compute_s: float
+    audio_s: float
+
+
+class TurnCancel(Envelope, tag="turn.cancel"):
+    reason: str = ""
+
+
+# --- stage lifecycle --------------------------------------------------------------------------
+
+
+class StageHello(Envelope, tag="stage.hello"):
+    stage: str
+    backend: str
+    model: str
+    device: str
+    pid: int
+
+
+class StageReady(Envelope, tag="stage.ready"):
+    """What was really loaded (the hello said what was asked for)."""
+
+    stage: str
+    backend: str
+    model: str
+    device: str
+    load_s: float
+
+
+class StageHeartbeat(Envelope, tag="stage.heartbeat"):
+    stage: str
+    state: str  # loading | ready | busy | draining
+    busy_ms: int  # how long the current item has run, 0 when idle
+    queue_depth: int
+    dropped_frames: int = 0
+    # What the stage runs, so a gateway that (re)started after the hello still knows.
+    backend: str = ""
+    model: str = ""
+    device: str = ""
+
+
+class StageError(Envelope, tag="stage.error"):
+    """A failed request (session and turn set) or a stage-level failure (session empty)."""
+
+    stage: str
+    kind: str  # failed | busy | bad_request | shutdown | load_failed
+    message: str
+
+
+class StageBye(Envelope, tag="stage.bye"):
+    stage: str
+    reason: str = ""
+
+
+Message = (
+    AsrRequest | AsrFinal | LlmRequest | LlmSentence | LlmDone | TtsRequest | TtsAudio | TtsDone
+    | TurnCancel | StageHello | StageReady | StageHeartbeat | StageError | StageBye
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Envelope, *payload: bytes) -> list[bytes]:
+    """Frames for one message: the header, then the payload frames the tag requires."""
+    tag = message.__struct_config__.tag
+    if len(payload) != _PAYLOAD_FRAMES.get(tag, 0):
+        raise ProtocolError(f"{tag} takes {_PAYLOAD_FRAMES.get(tag, 0)} payload frame(s), got {len(payload)}")
+    return [_encoder.encode(message), *payload]
+
+
+def decode(frames: list[bytes]) -> tuple[Envelope, list[bytes]]:
+    """Typed, validating decode. Raises ProtocolError for anything malformed or unknown."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        message = _decoder.decode(frames[0])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"bad header: {exc}") from None
+    if message.v != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {message.v}, expected {PROTOCOL_VERSION}")
+    payload = list(frames[1:])
+    tag = message.__struct_config__.tag
+    if len(payload) != _PAYLOAD_FRAMES.get(tag, 0):
+        raise ProtocolError(f"{tag} with {len(payload)} payload frame(s)")
+    return message, payload
+
+
+def tag_of(message: Envelope) -> str:
+    return message.__struct_config__.tag

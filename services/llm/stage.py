@@ -1,0 +1,79 @@
+"""LLM stage: persona prompt + history in, sentences streamed out as soon as each is complete."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from proto import LlmDone, LlmRequest, LlmSentence
+from services.llm.chunker import iter_sentence_chunks
+from services.personas import HISTORY_MESSAGES, PERSONAS, system_prompt
+from services.runtime.errors import BadRequest
+from services.runtime.registry import backend_class
+from services.runtime.settings import StageSettings
+from services.runtime.worker import Output, StageInfo, TurnContext
+
+BACKENDS = {"transformers": "services.llm.backends:TransformersBackend"}
+ROLES = {"user", "assistant"}
+
+
+class LlmStage:
+    name = "llm"
+    request_type = LlmRequest
+
+    def __init__(self, settings: StageSettings):
+        self.backend_name = settings.get("BACKEND", "transformers")
+        cls = backend_class(self.name, self.backend_name, BACKENDS)
+        model = settings.get("MODEL", "Qwen/Qwen2.5-1.5B-Instruct")
+        self.backend = cls(model=model, device=settings.get("DEVICE", "auto"),
+                           dtype=settings.get("DTYPE", "auto"), gguf_file=settings.get("GGUF_FILE"))
+        self.max_new_tokens = settings.get_int("MAX_NEW_TOKENS", 220)
+        self.min_words = settings.get_int("MIN_WORDS", 8)
+        self.wanted = StageInfo(self.backend_name, model, settings.get("DEVICE", "auto"))
+
+    def describe(self) -> StageInfo:
+        return self.wanted
+
+    def load(self) -> StageInfo:
+        self.backend.load()
+        return StageInfo(self.backend_name, self.backend.model_label, self.backend.device)
+
+    def prompt(self, request: LlmRequest) -> list[dict]:
+        if request.persona not in PERSONAS:
+            raise BadRequest(f"unknown persona {request.persona!r}")
+        history = request.history[-HISTORY_MESSAGES:]
+        if not history or history[-1].role != "user":
+            raise BadRequest("the history must end with the user's message")
+        if any(m.role not in ROLES for m in history):
+            raise BadRequest("history roles must be user or assistant")
+        return [{"role": "system", "content": system_prompt(request.persona)}] + [
+            {"role": m.role, "content": m.content} for m in history
+        ]
+
+    def handle(self, request: LlmRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+        messages = self.prompt(request)
+        max_new = min(request.max_new_tokens, self.max_new_tokens)
+        started = time.monotonic()
+        pieces = 0
+        sentences: list[str] = []
+        first_s = -1.0
+
+        def counted(stream):
+            nonlocal pieces
+            for piece in stream:
+                pieces += 1
+                yield piece
+
+        stream = self.backend.stream(messages, max_new_tokens=max_new, should_stop=turn.should_stop)
+        try:
+            for sentence in iter_sentence_chunks(counted(stream), self.min_words):
+                elapsed = time.monotonic() - started
+                if not sentences:
+                    first_s = elapsed
+                yield LlmSentence(index=len(sentences), text=sentence, elapsed_s=round(elapsed, 4)), ()
+                sentences.append(sentence)
+        finally:
+            stream.close()  # stops generation and joins the generate thread
+        yield LlmDone(full_text=" ".join(sentences), sentences=len(sentences), tokens=pieces,
+                      compute_s=round(time.monotonic() - started, 4),
+                      first_sentence_s=round(first_s, 4)), ()

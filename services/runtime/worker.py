@@ -1,0 +1,363 @@
+"""The shared stage worker: sockets, I/O thread, inbox, heartbeats, signals, lifecycle.
+
+Lifecycle: starting -> loading -> ready <-> busy -> draining -> stopped.
+The model runs on the main thread; one I/O thread owns every bus socket, so heartbeats keep
+flowing during a long generation and a stuck compute loop shows up as "busy for N ms".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import zmq
+
+import proto
+from proto import Envelope, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady
+from proto import TurnCancel
+from services.runtime.endpoints import ensure_run_dir, events_endpoint, run_dir, stage_endpoint
+from services.runtime.errors import EXIT_CONFIG, BadRequest, ConfigError
+from services.runtime.settings import StageSettings
+
+log = logging.getLogger("s2s.worker")
+
+HEARTBEAT_S = 1.0
+# SIGTERM budget: must stay below supervisor's stopwaitsecs (10 s in supervisord.conf).
+DRAIN_BUDGET_S = 5.0
+LIFECYCLE_RETRY_S = 5.0
+LIFECYCLE = (StageHello, StageReady, StageError, StageBye)
+
+
+@dataclass
+class StageInfo:
+    backend: str
+    model: str
+    device: str
+
+
+Output = tuple[Envelope, tuple[bytes, ...]]
+
+
+class Stage(Protocol):
+    """What a stage implements: load its backend, then turn one request into outputs."""
+
+    name: str
+    request_type: type
+
+    def describe(self) -> StageInfo:
+        """What the settings ask for, known before loading."""
+        ...
+
+    def load(self) -> StageInfo:
+        """Load the backend (heavy); return what was really loaded and where."""
+        ...
+
+    def handle(self, request: Envelope, payload: list[bytes], turn: "TurnContext") -> Iterator[Output]: ...
+
+
+class TurnBook:
+    """Which (session, turn) pairs are cancelled or superseded; shared by both threads."""
+
+    def __init__(self, capacity: int = 4096):
+        self._lock = threading.Lock()
+        self._latest: OrderedDict[str, int] = OrderedDict()  # session -> newest turn seen
+        self._cancelled: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._capacity = capacity
+
+    def note(self, session: str, turn: int) -> None:
+        with self._lock:
+            if turn >= self._latest.get(session, -1):
+                self._latest[session] = turn
+            self._latest.move_to_end(session)
+            while len(self._latest) > self._capacity:
+                self._latest.popitem(last=False)
+
+    def cancel(self, session: str, turn: int) -> None:
+        with self._lock:
+            self._cancelled[(session, turn)] = None
+            while len(self._cancelled) > self._capacity:
+                self._cancelled.popitem(last=False)
+
+    def is_live(self, session: str, turn: int) -> bool:
+        with self._lock:
+            if (session, turn) in self._cancelled:
+                return False
+            return turn >= self._latest.get(session, turn)
+
+
+class TurnContext:
+    """Handed to Stage.handle: tells the compute loop when to stop early."""
+
+    def __init__(self, request: Envelope, book: TurnBook, draining: threading.Event):
+        self.request = request
+        self._book = book
+        self._draining = draining
+
+    def stale_reason(self) -> str | None:
+        if self._draining.is_set():
+            return "shutdown"
+        if not self._book.is_live(self.request.session, self.request.turn):
+            return "cancelled"
+        if self.request.deadline and time.monotonic() > self.request.deadline:
+            return "deadline"
+        return None
+
+    def should_stop(self) -> bool:
+        return self.stale_reason() is not None
+
+
+class Worker:
+    def __init__(self, stage: Stage, settings: StageSettings):
+        self.stage = stage
+        self.settings = settings
+        self.instance = f"{stage.name}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.inbox: queue.Queue[tuple[Envelope, list[bytes]]] = queue.Queue(settings.get_int("INBOX", 16))
+        self.book = TurnBook()
+        self.draining = threading.Event()
+        self.stopped = threading.Event()
+        self.state = "starting"
+        self.busy_since = 0.0
+        self.dropped_frames = 0
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._ctx = zmq.Context.instance()
+        self._outbox_addr = f"inproc://outbox-{self.instance}"
+        # The I/O thread binds the outbox before the main thread connects to it.
+        self._outbox_pull = self._ctx.socket(zmq.PAIR)
+        self._outbox_pull.bind(self._outbox_addr)
+        self._outbox = self._ctx.socket(zmq.PAIR)
+        self._outbox.connect(self._outbox_addr)
+        self._outbox_lock = threading.Lock()
+        self.info = stage.describe()  # heartbeats carry it, so a restarted gateway learns it too
+        # Lifecycle messages are retried briefly: the events socket may not be connected yet.
+        self._retry: list[tuple[float, list[bytes]]] = []
+        self._io = threading.Thread(target=self._io_loop, name=f"{stage.name}-io", daemon=True)
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def stamp(self, message: Envelope, reply_to: Envelope | None = None) -> Envelope:
+        with self._seq_lock:
+            self._seq += 1
+            message.seq = self._seq
+        message.producer = self.instance
+        message.sent = time.monotonic()
+        if reply_to is not None:
+            message.session, message.turn = reply_to.session, reply_to.turn
+        return message
+
+    def send(self, message: Envelope, *payload: bytes, reply_to: Envelope | None = None) -> None:
+        """Queue a message for the I/O thread (the only thread that touches the bus).
+
+        The first outbox frame says whether to retry it while the gateway is not connected:
+        lifecycle messages (hello, ready, a load failure, bye) must not be lost to that race.
+        """
+        frames = proto.encode(self.stamp(message, reply_to), *payload)
+        retry = b"r" if isinstance(message, LIFECYCLE) else b"-"
+        with self._outbox_lock:
+            self._outbox.send_multipart([retry, *frames], copy=False)
+
+    # --- the I/O thread ------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        pull = self._ctx.socket(zmq.PULL)
+        push = self._ctx.socket(zmq.PUSH)
+        for sock in (pull, push):
+            sock.setsockopt(zmq.LINGER, 0)
+        # Nothing stale is queued for a gateway that is not there (or restarts).
+        push.setsockopt(zmq.IMMEDIATE, 1)
+        push.setsockopt(zmq.SNDHWM, 1000)
+        pull.connect(stage_endpoint(self.stage.name))
+        push.connect(events_endpoint())
+        self._push = push
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(self._outbox_pull, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self.stopped.is_set():
+                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+                for sock, _ in poller.poll(min(timeout_ms, 200)):
+                    if sock is pull:
+                        self._receive(pull.recv_multipart(copy=True), push)
+                    else:
+                        self._forward_outbox(push)
+                if self._retry:
+                    self._resend()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + HEARTBEAT_S
+                    self._forward(proto.encode(self.stamp(self._heartbeat())), push)
+            # Flush what the main thread queued last (stage.bye, a load failure) before closing.
+            while self._outbox_pull.poll(0):
+                self._forward_outbox(push)
+            give_up = time.monotonic() + 2.0
+            while self._retry and time.monotonic() < give_up:
+                time.sleep(0.05)
+                self._resend()
+        finally:
+            push.close(linger=500)
+            pull.close()
+
+    def _heartbeat(self) -> StageHeartbeat:
+        busy_ms = int((time.monotonic() - self.busy_since) * 1000) if self.state == "busy" else 0
+        return StageHeartbeat(stage=self.stage.name, state=self.state, busy_ms=busy_ms,
+                              queue_depth=self.inbox.qsize(), dropped_frames=self.dropped_frames,
+                              backend=self.info.backend, model=self.info.model, device=self.info.device)
+
+    def _forward_outbox(self, push: zmq.Socket) -> None:
+        retry, *frames = self._outbox_pull.recv_multipart(copy=True)
+        if not self._forward(frames, push) and retry == b"r":
+            self._retry.append((time.monotonic() + LIFECYCLE_RETRY_S, frames))
+
+    def _forward(self, frames: list[bytes], push: zmq.Socket) -> bool:
+        """False when the gateway is absent or saturated (a result for it is then moot)."""
+        try:
+            push.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def _resend(self) -> None:
+        pending, self._retry = self._retry, []
+        for expires, frames in pending:
+            if not self._forward(frames, self._push) and time.monotonic() < expires:
+                self._retry.append((expires, frames))
+
+    def _receive(self, frames: list[bytes], push: zmq.Socket) -> None:
+        try:
+            message, payload = proto.decode(frames)
+        except ProtocolError as exc:
+            self.dropped_frames += 1
+            log.warning("dropped malformed frame: %s", exc)
+            return
+        if isinstance(message, TurnCancel):
+            self.book.cancel(message.session, message.turn)
+            return
+        if not isinstance(message, self.stage.request_type):
+            self.dropped_frames += 1
+            log.warning("dropped unexpected %s", proto.tag_of(message))
+            return
+        self.book.note(message.session, message.turn)
+        if self.draining.is_set():
+            self._reject(message, "shutdown", f"{self.stage.name} stage is shutting down", push)
+            return
+        try:
+            self.inbox.put_nowait((message, payload))
+        except queue.Full:
+            self._reject(message, "busy", f"{self.stage.name} stage is saturated", push)
+
+    def _reject(self, request: Envelope, kind: str, text: str, push: zmq.Socket) -> None:
+        error = StageError(stage=self.stage.name, kind=kind, message=text)
+        self._forward(proto.encode(self.stamp(error, reply_to=request)), push)
+
+    # --- the main thread -----------------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame) -> None:
+        log.info("signal %s: draining", signal.Signals(signum).name)
+        self.draining.set()
+        if self.state == "loading":
+            raise SystemExit(0)  # loading cannot be interrupted politely; just leave
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        ensure_run_dir(run_dir())
+        self._io.start()
+        try:
+            self.state = "loading"
+            started = time.monotonic()
+            wanted = self.stage.describe()
+            self.send(StageHello(stage=self.stage.name, backend=wanted.backend, model=wanted.model,
+                                 device=wanted.device, pid=os.getpid()))
+            try:
+                info = self.stage.load()
+            except ConfigError as exc:
+                log.error("%s stage cannot start: %s", self.stage.name, exc)
+                self.send(StageError(stage=self.stage.name, kind="load_failed", message=str(exc)))
+                return EXIT_CONFIG
+            load_s = time.monotonic() - started
+            self.info = info
+            log.info("%s ready: backend=%s model=%s device=%s (loaded in %.1f s)",
+                     self.stage.name, info.backend, info.model, info.device, load_s)
+            self.state = "ready"
+            self.send(StageReady(stage=self.stage.name, backend=info.backend, model=info.model,
+                                 device=info.device, load_s=round(load_s, 3)))
+            self._serve()
+            return 0
+        finally:
+            self.state = "draining"
+            self.send(StageBye(stage=self.stage.name, reason="exit"))
+            self.stopped.set()
+            self._io.join(timeout=2)
+            self._outbox.close(linger=0)
+            self._outbox_pull.close(linger=0)
+
+    def _serve(self) -> None:
+        while not self.draining.is_set():
+            try:
+                request, payload = self.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._process(request, payload)
+
+    def _process(self, request: Envelope, payload: list[bytes]) -> None:
+        turn = TurnContext(request, self.book, self.draining)
+        if turn.should_stop():
+            log.info("skipped %s session=%s turn=%s: %s", proto.tag_of(request), request.session,
+                     request.turn, turn.stale_reason())
+            return
+        self.state, self.busy_since = "busy", time.monotonic()
+        outputs = self.stage.handle(request, payload, turn)
+        try:
+            for message, frames in outputs:
+                if turn.should_stop():
+                    break
+                self.send(message, *frames, reply_to=request)
+            if turn.stale_reason() == "shutdown":
+                self._fail(request, "shutdown", f"{self.stage.name} stage shut down mid-request")
+        except BadRequest as exc:
+            self._fail(request, "bad_request", str(exc))
+        except Exception as exc:  # a model failure must not take the worker down
+            log.exception("%s failed on session=%s turn=%s", self.stage.name, request.session, request.turn)
+            self._fail(request, "failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            outputs.close()
+            self.state = "ready"
+
+    def _fail(self, request: Envelope, kind: str, text: str) -> None:
+        self.send(StageError(stage=self.stage.name, kind=kind, message=text), reply_to=request)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=os.environ.get("S2S_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def apply_threads(settings: StageSettings) -> None:
+    """Pin this stage's CPU thread pool so stages sharing a machine do not oversubscribe it."""
+    threads = settings.get_int("THREADS", 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def main(stage_factory) -> None:
+    """Entry point shared by s2s-asr, s2s-llm and s2s-tts."""
+    configure_logging()
+    try:
+        settings = StageSettings.load(stage_factory.name)
+        apply_threads(settings)
+        stage = stage_factory(settings)
+    except ConfigError as exc:
+        log.error("%s stage cannot start: %s", stage_factory.name, exc)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(Worker(stage, settings).run())

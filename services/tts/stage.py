@@ -1,0 +1,61 @@
+"""TTS stage: one sentence in, sanitized, spoken in the persona's voice, 24 kHz PCM out."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from proto import TtsAudio, TtsDone, TtsRequest
+from services.personas import VOICES
+from services.runtime.audio import float_to_pcm16
+from services.runtime.errors import BadRequest
+from services.runtime.registry import backend_class
+from services.runtime.settings import StageSettings
+from services.runtime.worker import Output, StageInfo, TurnContext
+from services.tts.sanitize import clean_for_tts
+
+BACKENDS = {"kokoro": "services.tts.backends:KokoroBackend"}
+
+
+class TtsStage:
+    name = "tts"
+    request_type = TtsRequest
+
+    def __init__(self, settings: StageSettings):
+        self.backend_name = settings.get("BACKEND", "kokoro")
+        cls = backend_class(self.name, self.backend_name, BACKENDS)
+        repo = settings.get("REPO", "hexgrad/Kokoro-82M")
+        self.backend = cls(repo_id=repo, model_path=settings.get("MODEL_PATH"),
+                           config_path=settings.get("CONFIG_PATH"), voices_dir=settings.get("VOICES_DIR"),
+                           device=settings.get("DEVICE", "cpu"), lang_code=settings.get("LANG_CODE", "a"))
+        self.wanted = StageInfo(self.backend_name, settings.get("MODEL_PATH") or repo, settings.get("DEVICE", "cpu"))
+
+    def describe(self) -> StageInfo:
+        return self.wanted
+
+    def load(self) -> StageInfo:
+        self.backend.load()
+        return StageInfo(self.backend_name, self.backend.model_label, self.backend.device)
+
+    def handle(self, request: TtsRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+        if request.voice not in VOICES:
+            raise BadRequest(f"unknown voice {request.voice!r}")
+        if not 0.5 <= request.speed <= 2.0:
+            raise BadRequest(f"speed must be between 0.5 and 2.0, got {request.speed}")
+        text = clean_for_tts(request.text)
+        rate = self.backend.sample_rate
+        started = time.monotonic()
+        parts, samples = 0, 0
+        if text:
+            part_started = started
+            for audio in self.backend.synthesize(text, request.voice, request.speed):
+                if turn.should_stop():
+                    return
+                yield TtsAudio(index=request.index, part=parts, text=text if parts == 0 else "",
+                               sample_rate=rate, compute_s=round(time.monotonic() - part_started, 4)), (
+                    float_to_pcm16(audio),)
+                parts += 1
+                samples += len(audio)
+                part_started = time.monotonic()
+        yield TtsDone(index=request.index, parts=parts, compute_s=round(time.monotonic() - started, 4),
+                      audio_s=round(samples / rate, 3)), ()

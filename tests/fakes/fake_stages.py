@@ -1,0 +1,91 @@
+"""Scripted stand-ins for the three workers, on real sockets, to test the gateway layer alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+
+import proto
+from proto import (AsrFinal, AsrRequest, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
+                   TtsAudio, TtsDone, TtsRequest, TurnCancel)
+from services.runtime.endpoints import STAGES, events_endpoint, stage_endpoint
+
+
+class FakeStages:
+    def __init__(self, environ: dict[str, str], transcript: str = "What is the capital of France?",
+                 sentences: tuple[str, ...] = ("Paris is the capital of France.", "It is lovely."),
+                 stages: tuple[str, ...] = STAGES):
+        self.environ = environ
+        self.transcript = transcript
+        self.sentences = sentences
+        self.stages = stages
+        self.llm_requests: list[LlmRequest] = []
+        self.tts_requests: list[TtsRequest] = []
+        self.cancels: list[TurnCancel] = []
+        self.tts_delay = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(events_endpoint(self.environ))
+        pulls = {}
+        poller = zmq.Poller()
+        for stage in self.stages:
+            sock = ctx.socket(zmq.PULL)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(stage_endpoint(stage, self.environ))
+            pulls[sock] = stage
+            poller.register(sock, zmq.POLLIN)
+
+        def send(message, *payload, reply_to=None):
+            if reply_to is not None:
+                message.session, message.turn = reply_to.session, reply_to.turn
+            message.producer = "fake"
+            push.send_multipart(proto.encode(message, *payload))
+
+        for stage in self.stages:
+            send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0))
+            send(StageReady(stage=stage, backend="fake", model="fake", device="cpu", load_s=0.0))
+        next_beat = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() > next_beat:
+                for stage in self.stages:
+                    send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0))
+                next_beat = time.monotonic() + 0.5
+            for sock, _ in poller.poll(50):
+                message, payload = proto.decode(sock.recv_multipart())
+                if isinstance(message, TurnCancel):
+                    self.cancels.append(message)
+                elif isinstance(message, AsrRequest):
+                    send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
+                         reply_to=message)
+                elif isinstance(message, LlmRequest):
+                    self.llm_requests.append(message)
+                    for i, text in enumerate(self.sentences):
+                        send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
+                    send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
+                                 compute_s=0.02, first_sentence_s=0.01), reply_to=message)
+                elif isinstance(message, TtsRequest):
+                    self.tts_requests.append(message)
+                    time.sleep(self.tts_delay)
+                    pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
+                    send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
+                                  compute_s=0.01), pcm, reply_to=message)
+                    send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
+        push.close(0)
+        for sock in pulls:
+            sock.close(0)
+        ctx.term()

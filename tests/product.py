@@ -1,0 +1,109 @@
+"""The real product in tests: the project's supervisord.conf, four real processes, real sockets.
+
+The config is the repository's own, with only its paths moved into a temp dir, so a test
+exercises exactly what `scripts/run.sh` starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = ("gateway", "asr", "llm", "tts")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Product:
+    def __init__(self, env: dict[str, str]):
+        self.home = Path(tempfile.mkdtemp(prefix="s2s-p-"))
+        self.var = self.home / "var"
+        (self.var / "log").mkdir(parents=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        bin_dir = Path(sys.executable).parent
+        conf = (ROOT / "supervisord.conf").read_text()
+        conf = conf.replace("%(here)s/var", str(self.var)).replace("%(here)s/.venv/bin", str(bin_dir))
+        self.conf = self.home / "supervisord.conf"
+        self.conf.write_text(conf.replace("%(here)s", str(ROOT)))
+        self.env = {**os.environ, "S2S_RUN_DIR": str(self.home / "run"), "S2S_GATEWAY_PORT": str(self.port),
+                    "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env}
+        self.bin = bin_dir
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        out = subprocess.run([str(self.bin / "supervisorctl"), "-c", str(self.conf), *args], env=self.env,
+                             capture_output=True, text=True, timeout=60)
+        if check and out.returncode not in (0,):
+            raise RuntimeError(f"supervisorctl {' '.join(args)} failed: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def start(self, ready_timeout: float = 240) -> "Product":
+        subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], env=self.env, check=True, timeout=30)
+        self.wait_ready(ready_timeout)
+        return self
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                status, last = self.get_json("/readyz")
+                if status == 200:
+                    return
+            except OSError as exc:
+                last = exc
+            status = self.ctl("status", check=False)
+            if "FATAL" in status or "EXITED" in status:  # a program gave up: waiting will not help
+                break
+            time.sleep(0.5)
+        raise AssertionError(f"not ready: {last}\n{self.ctl('status', check=False)}\n{self.logs()}")
+
+    def pids(self) -> dict[str, int]:
+        pids = {}
+        for line in self.ctl("status", check=False).splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "RUNNING":
+                pids[parts[0]] = int(parts[3].rstrip(","))
+        return pids
+
+    def logs(self, lines: int = 30) -> str:
+        out = []
+        for program in PROGRAMS:
+            log = self.var / "log" / f"{program}.log"
+            if log.exists():
+                out.append(f"--- {program}.log\n" + "\n".join(log.read_text().splitlines()[-lines:]))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        pid_file = self.var / "supervisord.pid"
+        self.ctl("shutdown", check=False)
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if pid_file.exists():  # supervisord did not stop: make sure nothing is left behind
+            try:
+                os.killpg(int(pid_file.read_text()), 9)
+            except (ProcessLookupError, ValueError, PermissionError):
+                pass
+        shutil.rmtree(self.home, ignore_errors=True)

@@ -1,0 +1,250 @@
+"""The gateway over HTTP (aiohttp test client) and a real bus, with scripted stages behind it."""
+
+import asyncio
+import base64
+import io
+import shutil
+import subprocess
+import tempfile
+import wave
+
+import pytest
+from aiohttp import FormData
+
+from gateway.app import create_app
+from gateway.bus import Bus
+from gateway.settings import GatewaySettings
+from tests.audio import tone_wav
+from tests.fakes.fake_stages import FakeStages
+from tests.sse import parse_sse
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def bus_env():
+    run_dir = tempfile.mkdtemp(prefix="s2s-g-")
+    yield {"S2S_RUN_DIR": run_dir}
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+SETTINGS = GatewaySettings(max_upload_bytes=200_000, max_audio_s=3.0, stage_wait_s=0.5, stage_timeout_s=5.0)
+
+
+@pytest.fixture
+async def make_client(aiohttp_client, bus_env):
+    async def make(settings=SETTINGS):
+        return await aiohttp_client(create_app(settings, bus=Bus(bus_env)))
+
+    return make
+
+
+@pytest.fixture
+def stages(bus_env):
+    with FakeStages(bus_env) as fake:
+        yield fake
+
+
+async def wait_ready(client):
+    for _ in range(100):
+        if (await client.get("/readyz")).status == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("gateway never became ready")
+
+
+async def turn(client, audio=None, persona="wildlife_expert"):
+    resp = await client.post(f"/upload?persona={persona}", data=audio or tone_wav(1.0),
+                             headers={"Content-Type": "audio/wav"})
+    assert resp.status == 200, await resp.text()
+    session_id = (await resp.json())["session_id"]
+    stream = await client.get(f"/stream/{session_id}")
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    return session_id, parse_sse(await stream.text())
+
+
+async def test_page_and_config(make_client):
+    client = await make_client()
+    page = await client.get("/")
+    assert page.status == 200 and "<html" in (await page.text()).lower()
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    config = await (await client.get("/api/config")).json()
+    voices = {p["key"]: p["voice"] for p in config["personas"]}
+    assert voices == {"wildlife_expert": "af_heart", "friendly_teacher": "am_michael", "casual_chat": "af_bella",
+                      "astronaut": "am_adam"}
+
+
+async def test_readiness_follows_the_stages(make_client, bus_env):
+    client = await make_client()
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert set((await resp.json())["reasons"]) == {"asr", "llm", "tts"}
+    with FakeStages(bus_env):
+        await wait_ready(client)
+        stages = (await (await client.get("/api/stages")).json())["stages"]
+        assert stages["llm"]["state"] == "ready" and stages["llm"]["backend"] == "fake"
+
+
+async def test_a_turn_streams_transcript_chunks_done_in_order(make_client, stages):
+    client = await make_client()
+    await wait_ready(client)
+    _, events = await turn(client)
+    names = [name for name, _ in events]
+    assert names == ["transcript", "chunk", "chunk", "done"]
+    assert events[0][1]["text"] == "What is the capital of France?"
+    assert [data["index"] for name, data in events if name == "chunk"] == [0, 1]
+    with wave.open(io.BytesIO(base64.b64decode(events[1][1]["b64"]))) as w:
+        assert w.getframerate() == 24000 and w.getnframes() == 2400
+    done = events[-1][1]
+    assert done["full_text"] == "Paris is the capital of France. It is lovely."
+    assert {"asr", "llm", "tts", "first_audio", "total"} <= set(done["timing"])
+    assert [r.voice for r in stages.tts_requests] == ["af_heart", "af_heart"]
+
+
+async def test_memory_is_per_conversation(make_client, aiohttp_client, stages):
+    alice = await make_client()
+    bob = await aiohttp_client(alice.server)  # the same gateway, another browser (cookie jar)
+    await wait_ready(alice)
+    await turn(alice)
+    await turn(alice)
+    await turn(bob)
+    histories = [[m.content for m in r.history] for r in stages.llm_requests]
+    assert histories[0] == ["What is the capital of France?"]
+    assert len(histories[1]) == 3  # alice's first exchange, then her new question
+    assert histories[1][1] == "Paris is the capital of France. It is lovely."
+    assert histories[2] == ["What is the capital of France?"]  # bob never sees alice's history
+
+
+async def test_history_is_bounded_to_twelve_messages(make_client, stages):
+    client = await make_client()
+    await wait_ready(client)
+    for _ in range(8):
+        await turn(client)
+    assert len(stages.llm_requests[-1].history) == 12 + 1
+
+
+async def test_persona_change_and_clear_reset_history(make_client, stages):
+    client = await make_client()
+    await wait_ready(client)
+    await turn(client)
+    await turn(client, persona="astronaut")
+    assert len(stages.llm_requests[-1].history) == 1
+    assert stages.llm_requests[-1].persona == "astronaut" and stages.tts_requests[-1].voice == "am_adam"
+    await turn(client, persona="astronaut")
+    assert len(stages.llm_requests[-1].history) == 3
+    assert (await client.post("/api/clear")).status == 200
+    await turn(client, persona="astronaut")
+    assert len(stages.llm_requests[-1].history) == 1
+
+
+async def test_multipart_upload(make_client, stages):
+    client = await make_client()
+    await wait_ready(client)
+    form = FormData()
+    form.add_field("audio", tone_wav(1.0), filename="clip.wav", content_type="audio/wav")
+    resp = await client.post("/upload", data=form)
+    assert resp.status == 200
+    events = parse_sse(await (await client.get(f"/stream/{(await resp.json())['session_id']}")).text())
+    assert events[-1][0] == "done"
+
+
+async def test_unknown_and_reused_session_ids(make_client, stages):
+    client = await make_client()
+    await wait_ready(client)
+    resp = await client.get("/stream/not-a-session")
+    assert resp.status == 404 and "error" in await resp.json()
+    session_id, _ = await turn(client)
+    resp = await client.get(f"/stream/{session_id}")
+    assert resp.status == 409 and "already" in (await resp.json())["error"]
+
+
+def webm_bytes(seconds=1.0):
+    proc = subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "libopus",
+                           "-f", "webm", "pipe:1"], input=tone_wav(seconds), capture_output=True, check=True)
+    return proc.stdout
+
+
+async def test_webm_and_ogg_uploads_decode(make_client, stages):
+    client = await make_client()
+    await wait_ready(client)
+    _, events = await turn(client, audio=webm_bytes())
+    assert events[-1][0] == "done"
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"", 400, "empty"),
+        (b"RIFF", 400, "empty"),
+        (b"this is not audio at all" * 20, 415, "Unsupported"),
+        (tone_wav(1.0)[:44] + b"\x00" * 10, 400, "short"),
+        (tone_wav(4.0), 413, "longer"),
+        (b"\x1a\x45\xdf\xa3" + b"\x00" * 500, 400, "decoded"),  # a webm header and nothing usable
+    ],
+)
+async def test_bad_uploads_get_clear_json_errors(make_client, body, status, words):
+    client = await make_client()
+    resp = await client.post("/upload", data=body, headers={"Content-Type": "application/octet-stream"})
+    assert resp.status == status
+    assert words in (await resp.json())["error"]
+
+
+async def test_truncated_webm_is_rejected_or_decoded_partially(make_client):
+    client = await make_client()
+    data = webm_bytes(2.0)
+    resp = await client.post("/upload", data=data[: len(data) // 8])
+    assert resp.status in (200, 400)  # a cut recording either yields what it holds or a clear error
+    assert "session_id" in await resp.json() or "error" in await resp.json()
+
+
+async def test_oversized_upload_is_413(make_client):
+    client = await make_client()
+    resp = await client.post("/upload", data=b"\x00" * 300_000)
+    assert resp.status == 413 and "too large" in (await resp.json())["error"]
+
+
+async def test_unknown_persona_is_400(make_client):
+    client = await make_client()
+    resp = await client.post("/upload?persona=pirate", data=tone_wav(1.0))
+    assert resp.status == 400 and "pirate" in (await resp.json())["error"]
+
+
+async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stages):
+    stages.tts_delay = 0.5
+    client = await make_client()
+    await wait_ready(client)
+    resp = await client.post("/upload", data=tone_wav(1.0))
+    session_id = (await resp.json())["session_id"]
+    stream = await client.get(f"/stream/{session_id}")
+    first = await stream.content.readuntil(b"\n\n")
+    assert b"transcript" in first
+    assert (await client.post(f"/api/cancel/{session_id}")).status == 200
+    events = parse_sse(first.decode() + (await stream.text()))
+    assert events[-1][0] == "error" and "cancelled" in events[-1][1]["message"]
+    await asyncio.sleep(0.3)
+    assert any(c.turn == 1 for c in stages.cancels)
+
+
+async def test_client_disconnect_cancels_the_turn(make_client, stages):
+    stages.tts_delay = 0.5
+    client = await make_client()
+    await wait_ready(client)
+    session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
+    stream = await client.get(f"/stream/{session_id}")
+    await stream.content.readuntil(b"\n\n")
+    stream.close()
+    for _ in range(40):
+        if stages.cancels:
+            break
+        await asyncio.sleep(0.1)
+    assert stages.cancels and stages.cancels[0].turn == 1
+
+
+async def test_a_missing_stage_is_an_error_event_naming_it(make_client, bus_env):
+    client = await make_client()
+    with FakeStages(bus_env, stages=("asr", "llm")):
+        await asyncio.sleep(0.3)
+        _, events = await turn(client)
+    assert [name for name, _ in events] == ["transcript", "error"]
+    assert events[-1][1]["stage"] == "tts" and "TTS" in events[-1][1]["message"]

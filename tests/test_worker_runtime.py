@@ -1,0 +1,189 @@
+"""The shared worker runtime over real ipc sockets, with a scripted stage in a real process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from proto import StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsAudio, TtsDone, TtsRequest
+from proto import TurnCancel
+from services.runtime.errors import EXIT_CONFIG
+from tests.busclient import BusClient
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def run_env(tmp_path_factory):
+    # ipc paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
+    import tempfile
+
+    run_dir = tempfile.mkdtemp(prefix="s2s-t-")
+    env = {**os.environ, "S2S_RUN_DIR": run_dir, "PYTHONPATH": str(ROOT)}
+    yield env
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class Worker:
+    def __init__(self, env, **extra):
+        self.env = {**env, **extra}
+        self.bus = BusClient(self.env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.scripted_stage"], env=self.env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def ready(self):
+        self.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20)
+        return self
+
+    def request(self, text, turn=1, index=0, session="s1", **kw):
+        self.bus.send("tts", TtsRequest(index=index, text=text, voice="af_heart", session=session, turn=turn, **kw))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        self.bus.close()
+
+
+@pytest.fixture
+def worker(run_env):
+    workers = []
+
+    def start(**extra):
+        w = Worker(run_env, **extra)
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+def test_lifecycle_announces_hello_ready_and_heartbeats(worker):
+    w = worker()
+    hello = w.bus.wait_for(lambda m: isinstance(m, StageHello), timeout=20)
+    assert (hello.stage, hello.backend, hello.device, hello.pid) == ("tts", "scripted", "cpu", w.proc.pid)
+    ready = w.bus.wait_for(lambda m: isinstance(m, StageReady))
+    assert ready.load_s >= 0
+    beat = w.bus.wait_for(lambda m: isinstance(m, StageHeartbeat), timeout=3)
+    assert beat.state == "ready" and beat.queue_depth == 0
+
+
+def test_outputs_carry_the_request_ids_in_order(worker):
+    w = worker().ready()
+    w.request("parts=3", turn=4, session="abc")
+    done = w.bus.wait_for(lambda m: isinstance(m, TtsDone))
+    parts = [m for m in w.bus.seen if isinstance(m, TtsAudio)]
+    assert [p.part for p in parts] == [0, 1, 2]
+    assert all((m.session, m.turn) == ("abc", 4) for m in [*parts, done])
+    seqs = [m.seq for m in w.bus.seen if m.producer == done.producer]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_cancel_stops_an_item_in_progress(worker):
+    w = worker().ready()
+    w.request("parts=50 delay=0.05", turn=1)
+    w.bus.wait_for(lambda m: isinstance(m, TtsAudio) and m.part == 2)
+    w.bus.send("tts", TurnCancel(session="s1", turn=1))
+    after = w.bus.collect(0.5)
+    late = [m for m in after if isinstance(m, TtsAudio)]
+    assert len(late) <= 2  # at most what was already in flight when the cancel landed
+    assert not any(isinstance(m, TtsDone) for m in after)
+    w.request("parts=1", turn=2)  # the next turn is served at once
+    assert w.bus.wait_for(lambda m: isinstance(m, TtsDone)).turn == 2
+
+
+def test_a_newer_turn_supersedes_queued_work(worker):
+    w = worker().ready()
+    w.request("parts=1 delay=0.5", turn=1, index=0)
+    w.request("parts=1", turn=1, index=1)  # queued behind the slow one
+    w.request("parts=1", turn=2, index=0)
+    w.bus.wait_for(lambda m: isinstance(m, TtsDone) and m.turn == 2)
+    done = [(m.turn, m.index) for m in w.bus.seen if isinstance(m, TtsDone)]
+    assert (1, 1) not in done
+
+
+def test_stale_deadline_is_skipped(worker):
+    w = worker().ready()
+    w.request("parts=1", turn=1, deadline=time.monotonic() - 1)
+    w.request("parts=1", turn=2, index=7)
+    assert w.bus.wait_for(lambda m: isinstance(m, TtsDone)).index == 7
+
+
+def test_malformed_frames_are_counted_and_dropped(worker):
+    w = worker().ready()
+    w.bus.send_raw("tts", [b"\xc1garbage"])
+    w.bus.send_raw("tts", [msgspec.msgpack.encode({"tag": "tts.request", "v": 1})])
+    w.bus.send_raw("tts", [msgspec.msgpack.encode({"tag": "asr.final", "v": 1, "text": "x", "compute_s": 0,
+                                                    "audio_s": 0})])  # valid, but not for this stage
+    w.request("parts=1", turn=1)
+    w.bus.wait_for(lambda m: isinstance(m, TtsDone))
+    beat = w.bus.wait_for(lambda m: isinstance(m, StageHeartbeat), timeout=3)
+    assert beat.dropped_frames == 3
+    assert w.proc.poll() is None
+
+
+def test_model_errors_are_reported_and_the_worker_keeps_serving(worker):
+    w = worker().ready()
+    w.request("boom", turn=1)
+    error = w.bus.wait_for(lambda m: isinstance(m, StageError))
+    assert (error.kind, error.turn) == ("failed", 1) and "exploded" in error.message
+    w.request("bad", turn=2)
+    error = w.bus.wait_for(lambda m: isinstance(m, StageError))
+    assert error.kind == "bad_request"
+    w.request("parts=1", turn=3)
+    assert w.bus.wait_for(lambda m: isinstance(m, TtsDone)).turn == 3
+
+
+def test_a_full_inbox_answers_busy_at_once(worker):
+    w = worker(S2S_TTS_INBOX="1").ready()
+    w.request("parts=1 delay=1.0", turn=1, index=0)
+    time.sleep(0.2)  # the first is now in progress, not queued
+    for index in (1, 2, 3):
+        w.request("parts=1", turn=1, index=index)
+    busy = w.bus.wait_for(lambda m: isinstance(m, StageError), timeout=1.0)
+    assert busy.kind == "busy"
+
+
+def test_sigterm_drains_says_bye_and_exits_zero(worker):
+    w = worker().ready()
+    w.request("parts=100 delay=0.05", turn=1)
+    w.bus.wait_for(lambda m: isinstance(m, TtsAudio))
+    started = time.monotonic()
+    w.proc.send_signal(signal.SIGTERM)
+    error = w.bus.wait_for(lambda m: isinstance(m, StageError), timeout=5)
+    assert error.kind == "shutdown" and error.turn == 1
+    w.bus.wait_for(lambda m: isinstance(m, StageBye), timeout=5)
+    assert w.proc.wait(5) == 0
+    assert time.monotonic() - started < 5
+
+
+def test_sigterm_while_loading_exits_promptly(worker):
+    w = worker(FAKE_LOAD_S="30")
+    w.bus.wait_for(lambda m: isinstance(m, StageHello), timeout=20)
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(5) == 0
+
+
+def test_a_stage_that_cannot_load_exits_78_with_the_reason(worker):
+    w = worker(FAKE_LOAD_FAIL="1")
+    error = w.bus.wait_for(lambda m: isinstance(m, StageError), timeout=20)
+    assert error.kind == "load_failed" and "/nonexistent" in error.message
+    assert w.proc.wait(10) == EXIT_CONFIG
+    assert b"/nonexistent" in w.proc.stdout.read()
+
+
+def test_unknown_backend_is_a_config_error(run_env):
+    env = {**run_env, "S2S_ASR_BACKEND": "nope"}
+    out = subprocess.run([sys.executable, "-m", "services.asr"], env=env, cwd=ROOT, capture_output=True,
+                         timeout=60, text=True)
+    assert out.returncode == EXIT_CONFIG
+    assert "unknown asr backend 'nope'" in out.stderr and "openai-whisper" in out.stderr
