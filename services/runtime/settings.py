@@ -51,23 +51,20 @@ class StageSettings:
         value = self._values.get(self.prefix + key)
         return default if value in (None, "") else value
 
-    def get_int(self, key: str, default: int) -> int:
+    def _typed(self, key: str, default, cast, what: str):
         raw = self.get(key)
         if raw is None:
             return default
         try:
-            return int(raw)
+            return cast(raw)
         except ValueError:
-            raise ConfigError(f"{self.prefix}{key} must be an integer, got {raw!r}") from None
+            raise ConfigError(f"{self.prefix}{key} must be {what}, got {raw!r}") from None
+
+    def get_int(self, key: str, default: int) -> int:
+        return self._typed(key, default, int, "an integer")
 
     def get_float(self, key: str, default: float) -> float:
-        raw = self.get(key)
-        if raw is None:
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{self.prefix}{key} must be a number, got {raw!r}") from None
+        return self._typed(key, default, float, "a number")
 
     def get_global(self, key: str, default: str | None = None) -> str | None:
         """A project-wide S2S_<KEY> setting (run dir, endpoints)."""

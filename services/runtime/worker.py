@@ -42,6 +42,8 @@ class StageInfo:
     backend: str
     model: str
     device: str
+    source: str = ""  # where the model came from: local | hub-cache | hub | registry
+    reason: str = ""
 
 
 Output = tuple[Envelope, tuple[bytes, ...]]
@@ -210,7 +212,8 @@ class Worker:
         busy_ms = int((time.monotonic() - self.busy_since) * 1000) if self.state == "busy" else 0
         return StageHeartbeat(stage=self.stage.name, state=self.state, busy_ms=busy_ms,
                               queue_depth=self.inbox.qsize(), dropped_frames=self.dropped_frames,
-                              backend=self.info.backend, model=self.info.model, device=self.info.device)
+                              backend=self.info.backend, model=self.info.model, device=self.info.device,
+                              source=self.info.source)
 
     def _forward_outbox(self, push: zmq.Socket) -> None:
         retry, *frames = self._outbox_pull.recv_multipart(copy=True)
@@ -276,7 +279,7 @@ class Worker:
             started = time.monotonic()
             wanted = self.stage.describe()
             self.send(StageHello(stage=self.stage.name, backend=wanted.backend, model=wanted.model,
-                                 device=wanted.device, pid=os.getpid()))
+                                 device=wanted.device, pid=os.getpid(), source=wanted.source))
             try:
                 info = self.stage.load()
             except ConfigError as exc:
@@ -285,11 +288,12 @@ class Worker:
                 return EXIT_CONFIG
             load_s = time.monotonic() - started
             self.info = info
-            log.info("%s ready: backend=%s model=%s device=%s (loaded in %.1f s)",
-                     self.stage.name, info.backend, info.model, info.device, load_s)
+            log.info("%s ready: backend=%s model=%s source=%s device=%s (loaded in %.1f s)",
+                     self.stage.name, info.backend, info.model, info.source, info.device, load_s)
             self.state = "ready"
             self.send(StageReady(stage=self.stage.name, backend=info.backend, model=info.model,
-                                 device=info.device, load_s=round(load_s, 3)))
+                                 device=info.device, load_s=round(load_s, 3), source=info.source,
+                                 reason=info.reason))
             self._serve()
             return 0
         finally:

@@ -9,33 +9,21 @@ from proto import TtsAudio, TtsDone, TtsRequest
 from services.personas import VOICES
 from services.runtime.audio import float_to_pcm16
 from services.runtime.errors import BadRequest
-from services.runtime.registry import backend_class
-from services.runtime.settings import StageSettings
-from services.runtime.worker import Output, StageInfo, TurnContext
+from services.models.resolve import plan_tts
+from services.runtime.stage import BackendStage
+from services.runtime.worker import Output, TurnContext
 from services.tts.sanitize import clean_for_tts
 
-BACKENDS = {"kokoro": "services.tts.backends:KokoroBackend"}
 
-
-class TtsStage:
+class TtsStage(BackendStage):
     name = "tts"
     request_type = TtsRequest
-
-    def __init__(self, settings: StageSettings):
-        self.backend_name = settings.get("BACKEND", "kokoro")
-        cls = backend_class(self.name, self.backend_name, BACKENDS)
-        repo = settings.get("REPO", "hexgrad/Kokoro-82M")
-        self.backend = cls(repo_id=repo, model_path=settings.get("MODEL_PATH"),
-                           config_path=settings.get("CONFIG_PATH"), voices_dir=settings.get("VOICES_DIR"),
-                           device=settings.get("DEVICE", "cpu"), lang_code=settings.get("LANG_CODE", "a"))
-        self.wanted = StageInfo(self.backend_name, settings.get("MODEL_PATH") or repo, settings.get("DEVICE", "cpu"))
-
-    def describe(self) -> StageInfo:
-        return self.wanted
-
-    def load(self) -> StageInfo:
-        self.backend.load()
-        return StageInfo(self.backend_name, self.backend.model_label, self.backend.device)
+    BACKENDS = {
+        "kokoro": "services.tts.backends:KokoroBackend",
+        "kokoro-onnx": "services.tts.onnx_backend:KokoroOnnxBackend",
+    }
+    DEFAULT_BACKEND = "kokoro"
+    planner = staticmethod(plan_tts)
 
     def handle(self, request: TtsRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
         if request.voice not in VOICES:

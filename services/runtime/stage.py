@@ -1,0 +1,49 @@
+"""The common shape of a stage: one backend, resolved at load time from the stage's settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from services.runtime.errors import ConfigError
+from services.runtime.registry import backend_class
+from services.runtime.settings import StageSettings
+from services.runtime.worker import StageInfo
+
+log = logging.getLogger("s2s.stage")
+
+
+class BackendStage:
+    """Subclasses set name, request_type, BACKENDS, DEFAULT_BACKEND and planner, and implement
+    handle(). The planner (services/models/resolve.py) picks the backend, model and source."""
+
+    name: str
+    request_type: type
+    BACKENDS: dict[str, str]
+    DEFAULT_BACKEND: str
+    planner = None  # staticmethod: (settings, prepare, log_line) -> Plan
+
+    def __init__(self, settings: StageSettings):
+        self.settings = settings
+        self.backend_name = settings.get("BACKEND", self.DEFAULT_BACKEND)
+        backend_class(self.name, self.backend_name, self.BACKENDS)  # a bad name fails before loading
+        self.backend = None
+
+    def describe(self) -> StageInfo:
+        """Before load(): the configured backend; the model is known once resolved."""
+        return StageInfo(self.backend_name, "resolving", self.settings.get("DEVICE", "auto"))
+
+    def load(self) -> StageInfo:
+        from services.models.artifacts import ModelError
+
+        try:
+            plan = self.planner(self.settings, prepare=True, log_line=log.info)
+        except ModelError as exc:  # a registry fallback that cannot be assembled
+            raise ConfigError(str(exc)) from None
+        log.info("%s will load %s (%s) from %s: %s", self.name, plan.model, plan.backend, plan.source, plan.reason)
+        if plan.offline:
+            os.environ["HF_HUB_OFFLINE"] = "1"  # load the cached copy without waiting on the hub
+        self.backend_name = plan.backend
+        self.backend = backend_class(self.name, plan.backend, self.BACKENDS)(**plan.options)
+        self.backend.load()
+        return StageInfo(plan.backend, plan.model, self.backend.device, plan.source, plan.reason)
