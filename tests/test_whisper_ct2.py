@@ -1,13 +1,12 @@
 """CTranslate2 Whisper model.bin -> openai-whisper checkpoint, and the faster-whisper ASR backend.
 
 Fast tests use tiny models written by tests/fixtures/ct2_writer.py (offline, seconds). The slow
-test converts real files when S2S_TEST_WHISPER_CT2_DIR names a CTranslate2 Whisper directory.
+test converts the real Whisper base files assembled from the registry packages.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import struct
@@ -307,12 +306,8 @@ def _normalize(text: str) -> str:
 
 
 @pytest.mark.slow
-def test_real_ct2_whisper_converts_and_transcribes(tmp_path):
-    src = os.environ.get("S2S_TEST_WHISPER_CT2_DIR")
-    if not src:
-        pytest.skip("set S2S_TEST_WHISPER_CT2_DIR to a CTranslate2 Whisper directory (e.g. whisper-base-ct2)")
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+def test_real_ct2_whisper_converts_and_transcribes(tmp_path, registry_model):
+    src = registry_model("whisper-base-ct2")
     sentence = "What is the capital of France?"
     wav = tmp_path / "q.wav"
     # 140 words/min: at espeak's default 175, whisper base (both runtimes) hears "capital and friends"
