@@ -187,8 +187,8 @@ class Gateway:
         self.used[session_id] = None
         while len(self.used) > 10000:
             self.used.popitem(last=False)
-        conversation = self.conversations.get_or_create(upload.conversation)
-        if conversation.id != upload.conversation:
+        conversation = self.conversations.get(upload.conversation)
+        if conversation is None:
             return json_error(404, "That conversation has expired.")
         if conversation.active_turn is not None:  # a new question supersedes the old answer
             previous = self.live.get((conversation.id, conversation.active_turn))

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from services.models import store
+from services.runtime.audio import wav_bytes
 from services.tts.sanitize import clean_for_tts
 from tests.audio import spoken_wav
 from tests.product import Product
@@ -58,18 +59,13 @@ async def post_and_stream(http, url, wav: bytes, persona: str, until: str = "don
 
 
 def joined_wav(chunks: list[dict]) -> bytes:
+    """The chunks' WAV files as one WAV, the whole spoken reply."""
     frames, rate = b"", 24000
     for chunk in chunks:
         with wave.open(io.BytesIO(base64.b64decode(chunk["b64"]))) as w:
             rate = w.getframerate()
             frames += w.readframes(w.getnframes())
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return out.getvalue()
+    return wav_bytes(frames, rate)
 
 
 def test_every_stage_resolves_to_the_registry_weights(product):

@@ -1,0 +1,174 @@
+"""s2s-loadtest: drive a running gateway with recorded questions and measure every turn.
+
+Usage:
+    s2s-loadtest [options] AUDIO [AUDIO ...]
+    python -m services.loadtest [options] AUDIO [AUDIO ...]
+
+AUDIO is a .wav, .ogg or .webm file, or a folder of them; the inputs are used in turn, cycling.
+Each simulated user is its own aiohttp client session with its own cookie jar, so conversations
+stay separate, and talks to the gateway exactly as the page does: POST /upload?persona=KEY with
+the recording as the body, then GET /stream/<session_id> (SSE: transcript, chunk..., done | error).
+
+Modes (all bounded by --turns and --max-seconds):
+    --concurrency C        C users, each doing turns back to back until N turns are done (default 1)
+    --rate R               open loop: a new user arrives every 1/R s, whatever the others are doing
+    --sweep 1,2,4,8        the concurrency mode once per level, N turns each; also writes sweep.png
+
+Options:
+    --url URL              the gateway (default http://127.0.0.1:7860); a non-loopback host is
+                           refused unless --allow-remote is given
+    --allow-remote         allow a gateway that is not on this machine
+    --turns N              turns per run (per level in a sweep; default 20)
+    --max-seconds S        time limit for the whole run, sweep included (default 600); no turn starts
+                           after it and a turn still running is cut (error kind "deadline")
+    --turn-timeout S       per-turn limit from upload to done (default 120; error kind "timeout")
+    --persona KEY          wildlife_expert (default), friendly_teacher, casual_chat, astronaut
+    --out DIR              where the results go (default loadtest-results/<YYYYmmdd-HHMMSS>/)
+    --quiet                no progress bar and no table (the path of report.json is still printed)
+
+Per turn (turns.csv): upload_s (request start to session id), transcript_s, ttfa_s (time to first
+audio) and done_s (each from the end of the upload), the stages' compute times from done.timing
+(asr, llm, llm_first_sentence, tts, tts_first_chunk), chunks, audio_s (sum of the chunk WAV
+durations), the error (kind http_4xx / http_5xx with its status, sse_error with its stage, timeout,
+connection, deadline) and overhead_s = ttfa_s - (asr + llm_first_sentence + tts_first_chunk):
+what the bus, the gateway and queueing add to the time to first audio.
+
+Summary (printed, and report.json): p50, p95, p99, max of every latency field, ok turns per
+minute, error rate, error counts by kind and by kind plus status/stage, overhead p50/p95.
+latency.png holds the histogram and CDF of ttfa_s and done_s.
+
+Exit status: 0 when the run completed (turn errors are reported, not fatal); 2 on bad arguments,
+unreadable inputs, or a gateway that does not answer GET /healthz.
+
+Examples:
+    s2s-loadtest --turns 20 --concurrency 2 question.wav
+    s2s-loadtest --rate 0.5 --turns 30 --max-seconds 120 recordings/
+    s2s-loadtest --sweep 1,2,4,8 --turns 16 --out results/sweep recordings/
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from services.loadtest.client import check_health, load_inputs
+from services.loadtest.report import format_table, write_all
+from services.loadtest.runner import RunConfig, run
+from services.personas import PERSONAS
+
+DEFAULT_URL = "http://127.0.0.1:7860"
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, allow_remote: bool) -> str:
+    """The URL without a trailing slash; ValueError for a bad or (without allow_remote) non-loopback one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if not allow_remote and not is_loopback_url(url):
+        raise ValueError(f"{parts.hostname!r} is not a loopback address; pass --allow-remote to load-test "
+                         "a gateway on another machine")
+    return url.rstrip("/")
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sweep wants comma-separated integers, not {text!r}") from None
+    if not levels or any(level < 1 for level in levels):
+        raise argparse.ArgumentTypeError("--sweep levels must be integers >= 1")
+    return levels
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s2s-loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO", help=".wav/.ogg/.webm files or folders of them")
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--allow-remote", action="store_true")
+    parser.add_argument("--turns", type=_positive(int), default=20)
+    parser.add_argument("--max-seconds", type=_positive(float), default=600.0)
+    parser.add_argument("--turn-timeout", type=_positive(float), default=120.0)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=_positive(int), default=None)
+    mode.add_argument("--rate", type=_positive(float), default=None, help="turns per second (open loop)")
+    mode.add_argument("--sweep", type=parse_levels, default=None, help="e.g. 1,2,4,8")
+    parser.add_argument("--persona", default="wildlife_expert", choices=sorted(PERSONAS))
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def default_out_dir() -> Path:
+    return Path("loadtest-results") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on errors, 0 for --help
+        return int(exc.code or 0)
+    try:
+        url = check_url(args.url, args.allow_remote)
+        inputs = load_inputs(args.inputs)
+    except (ValueError, OSError) as exc:
+        print(f"s2s-loadtest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = asyncio.run(check_health(url))
+    if problem is not None:
+        print(f"s2s-loadtest: error: the gateway at {url} is not reachable: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    config = RunConfig(url=url, inputs=inputs, turns=args.turns, concurrency=args.concurrency or 1, rate=args.rate,
+                       max_seconds=args.max_seconds, turn_timeout=args.turn_timeout, persona=args.persona,
+                       quiet=args.quiet)
+    runs = asyncio.run(run(config, args.sweep))
+    out_dir = args.out or default_out_dir()
+    described = {k: v for k, v in asdict(config).items() if k != "inputs"}
+    described.update(inputs=[i.name for i in inputs], sweep=args.sweep,
+                     mode="sweep" if args.sweep else ("rate" if args.rate else "concurrency"))
+    if args.sweep and len(runs) < len(args.sweep):
+        described["skipped_levels"] = args.sweep[len(runs):]
+    report = write_all(runs, described, out_dir, sweep=bool(args.sweep))
+    if not args.quiet:
+        for summary in report["runs"]:
+            print(format_table(summary))
+            print()
+        if described.get("skipped_levels"):
+            print(f"levels not run (--max-seconds reached): {described['skipped_levels']}")
+    print(f"report: {report['files']['report']}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
