@@ -33,11 +33,15 @@ def run_env(tmp_path_factory):
 
 
 class Worker:
-    def __init__(self, env, **extra):
+    def __init__(self, env, bus_after_s=0.0, **extra):
         self.env = {**env, **extra}
-        self.bus = BusClient(self.env)
+        if not bus_after_s:
+            self.bus = BusClient(self.env)
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.scripted_stage"], env=self.env, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if bus_after_s:  # the gateway comes up after the worker
+            time.sleep(bus_after_s)
+            self.bus = BusClient(self.env)
 
     def ready(self):
         self.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20)
@@ -57,8 +61,8 @@ class Worker:
 def worker(run_env):
     workers = []
 
-    def start(**extra):
-        w = Worker(run_env, **extra)
+    def start(bus_after_s=0.0, **extra):
+        w = Worker(run_env, bus_after_s, **extra)
         workers.append(w)
         return w
 
@@ -75,6 +79,16 @@ def test_lifecycle_announces_hello_ready_and_heartbeats(worker):
     assert ready.load_s >= 0
     beat = w.bus.wait_for(lambda m: isinstance(m, StageHeartbeat), timeout=3)
     assert beat.state == "ready" and beat.queue_depth == 0
+
+
+def test_lifecycle_messages_wait_for_a_late_gateway_and_keep_their_order(worker):
+    # The worker loads (instantly) before anything listens: hello and ready are retried, in order.
+    # (A message queued behind a waiting one now waits too, so ready can never overtake hello.)
+    w = worker(bus_after_s=3.0)
+    ready = w.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=10)
+    lifecycle = [type(m).__name__ for m in w.bus.seen if isinstance(m, (StageHello, StageReady))]
+    assert lifecycle == ["StageHello", "StageReady"]
+    assert ready.producer == w.bus.seen[0].producer
 
 
 def test_outputs_carry_the_request_ids_in_order(worker):

@@ -217,7 +217,11 @@ class Worker:
 
     def _forward_outbox(self, push: zmq.Socket) -> None:
         retry, *frames = self._outbox_pull.recv_multipart(copy=True)
-        if not self._forward(frames, push) and retry == b"r":
+        if retry == b"r" and self._retry:
+            # Behind a lifecycle message still waiting to go: keep their order (hello before ready).
+            self._retry.append((time.monotonic() + LIFECYCLE_RETRY_S, frames))
+            self._resend()
+        elif not self._forward(frames, push) and retry == b"r":
             self._retry.append((time.monotonic() + LIFECYCLE_RETRY_S, frames))
 
     def _forward(self, frames: list[bytes], push: zmq.Socket) -> bool:
@@ -229,10 +233,12 @@ class Worker:
             return False
 
     def _resend(self) -> None:
-        pending, self._retry = self._retry, []
-        for expires, frames in pending:
+        """Send waiting lifecycle messages in order; stop at the first that still cannot go."""
+        while self._retry:
+            expires, frames = self._retry[0]
             if not self._forward(frames, self._push) and time.monotonic() < expires:
-                self._retry.append((expires, frames))
+                return
+            self._retry.pop(0)
 
     def _receive(self, frames: list[bytes], push: zmq.Socket) -> None:
         try:
