@@ -257,3 +257,22 @@ def test_a_chunk_that_is_not_a_wav_is_an_error_not_silence():
         wav_seconds(base64.b64encode(b"not a wav at all").decode())
     with pytest.raises(ValueError):
         wav_seconds("!!!")
+
+
+async def test_sse_events_larger_than_aiohttps_default_line_limit():
+    from services.loadtest.client import iter_sse
+
+    big = "A" * (3 * 1024 * 1024)  # about 47 s of 24 kHz audio in base64
+
+    class Reader:
+        def __init__(self, text):
+            self.lines = [line.encode() + b"\n" for line in text.split("\n")]
+
+        async def readline(self, max_line_length=None):
+            line = self.lines.pop(0) if self.lines else b""
+            assert max_line_length is None or len(line) <= max_line_length
+            return line
+
+    body = f': ping\n\nevent: chunk\ndata: {{"b64": "{big}"}}\n\nevent: done\ndata: {{}}\n\n'
+    events = [(name, len(data)) async for name, data in iter_sse(Reader(body))]
+    assert events == [("chunk", len(f'{{"b64": "{big}"}}')), ("done", 2)]

