@@ -8,10 +8,10 @@ from services.runtime.devices import resolve_device
 from services.runtime.errors import ConfigError
 
 
-class OpenAIWhisperBackend:
-    """openai-whisper on torch. `model` is an official name ("base", "small.en", ...) or a .pt checkpoint path."""
+class _WhisperBackend:
+    """What both Whisper runtimes share: cheap construction, and the clip handed to the model."""
 
-    name = "openai-whisper"
+    name = ""
 
     def __init__(
         self,
@@ -24,9 +24,21 @@ class OpenAIWhisperBackend:
         self.model_label = model
         self.requested_device = device
         self.device = device
-        self.language = language
+        self.language = language or None  # "" / None: detect the language per clip
         self.download_root = download_root
         self._model = None
+
+    def _clip(self, audio: np.ndarray) -> np.ndarray:
+        """audio as contiguous mono float32 (16 kHz in [-1, 1]); the model must be loaded."""
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__}.transcribe() called before load()")
+        return np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+
+
+class OpenAIWhisperBackend(_WhisperBackend):
+    """openai-whisper on torch. `model` is an official name ("base", "small.en", ...) or a .pt checkpoint path."""
+
+    name = "openai-whisper"
 
     def load(self) -> None:
         self.device = resolve_device(self.requested_device)
@@ -46,14 +58,12 @@ class OpenAIWhisperBackend:
 
     def transcribe(self, audio: np.ndarray) -> str:
         """audio: float32 mono 16 kHz in [-1, 1]."""
-        if self._model is None:
-            raise RuntimeError("OpenAIWhisperBackend.transcribe() called before load()")
+        clip = self._clip(audio)
         import whisper
 
-        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         result = whisper.transcribe(
             self._model,
-            audio,
+            clip,
             language=self.language,
             fp16=self.device.startswith("cuda"),  # whisper only supports fp16 on CUDA
             verbose=None,  # no progress bar / per-segment printing in a worker
@@ -61,7 +71,7 @@ class OpenAIWhisperBackend:
         return str(result.get("text", "")).strip()
 
 
-class FasterWhisperBackend:
+class FasterWhisperBackend(_WhisperBackend):
     """faster-whisper (CTranslate2). `model` is a size ("base", "small.en", ...: downloaded from the
     Hugging Face hub into download_root on first use) or a local CTranslate2 model directory
     (model.bin, config.json, vocabulary.txt and tokenizer.json, e.g. models/whisper-base-ct2)."""
@@ -77,16 +87,10 @@ class FasterWhisperBackend:
         compute_type: str = "auto",
         cpu_threads: int = 0,
     ):
-        # Cheap on purpose, like OpenAIWhisperBackend: nothing is imported or loaded here.
-        self.model_label = model
-        self.requested_device = device
-        self.device = device
-        self.language = language or None  # "" / None: detect the language per clip
-        self.download_root = download_root
+        super().__init__(model, device, language, download_root)
         self.requested_compute_type = compute_type
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads  # 0: the torch thread count (S2S_ASR_THREADS, else cores)
-        self._model = None
 
     def _ct2_device(self) -> tuple[str, int]:
         if self.device == "cpu":
@@ -144,11 +148,9 @@ class FasterWhisperBackend:
 
     def transcribe(self, audio: np.ndarray) -> str:
         """audio: float32 mono 16 kHz in [-1, 1]."""
-        if self._model is None:
-            raise RuntimeError("FasterWhisperBackend.transcribe() called before load()")
-        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        clip = self._clip(audio)
         segments, _info = self._model.transcribe(
-            audio,
+            clip,
             language=self.language,
             # openai-whisper's transcribe() decodes greedily (beam_size None, best_of None -> one
             # sample when falling back to temperature > 0); faster-whisper defaults to beam 5 /
