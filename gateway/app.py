@@ -50,6 +50,10 @@ class LiveTurn:
     inbox: asyncio.Queue
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.inbox.put_nowait(None)  # wake the stream that waits on the inbox
+
 
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
@@ -170,8 +174,7 @@ class Gateway:
         turn = self.by_session.get(request.match_info["session_id"])
         if turn is None:
             return json_error(404, "No live turn with that id.")
-        turn.cancelled.set()
-        turn.inbox.put_nowait(None)  # wake the stream
+        turn.cancel()
         return web.json_response({"cancelled": True})
 
     # --- HTTP: the turn itself -----------------------------------------------------------------
@@ -193,8 +196,7 @@ class Gateway:
         if conversation.active_turn is not None:  # a new question supersedes the old answer
             previous = self.live.get((conversation.id, conversation.active_turn))
             if previous is not None:
-                previous.cancelled.set()
-                previous.inbox.put_nowait(None)
+                previous.cancel()
         number = conversation.next_turn()
         turn = LiveTurn(conversation, number, asyncio.Queue())
         self.live[(conversation.id, number)] = turn
