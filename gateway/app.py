@@ -19,7 +19,7 @@ from gateway.media import MediaError, decode_to_pcm
 from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
-from proto import Envelope, TurnCancel
+from proto import Envelope, TurnCancel, tag_of
 from services.personas import DEFAULT_PERSONA, PERSONAS
 from services.runtime.endpoints import STAGES
 
@@ -77,6 +77,8 @@ class Gateway:
         self.board.seen(stage)
         self.board.update(message)
         if message.session:
+            # the stage that answered: named in an error, else the tag's prefix (tts.audio -> tts)
+            self.board.result_seen(getattr(message, "stage", None) or tag_of(message).split(".", 1)[0])
             turn = self.live.get((message.session, message.turn))
             if turn is not None:
                 turn.inbox.put_nowait((message, payload))
@@ -179,8 +181,8 @@ class Gateway:
 
     # --- HTTP: the turn itself -----------------------------------------------------------------
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        session_id = request.match_info["session_id"]
+    def claim_upload(self, session_id: str) -> tuple[Upload, Conversation] | web.Response:
+        """The upload and its conversation, taken once; an error response when it cannot be streamed."""
         self._expire_uploads()
         upload = self.uploads.pop(session_id, None)
         if upload is None:
@@ -193,6 +195,14 @@ class Gateway:
         conversation = self.conversations.get(upload.conversation)
         if conversation is None:
             return json_error(404, "That conversation has expired.")
+        return upload, conversation
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        session_id = request.match_info["session_id"]
+        claimed = self.claim_upload(session_id)
+        if isinstance(claimed, web.Response):
+            return claimed
+        upload, conversation = claimed
         if conversation.active_turn is not None:  # a new question supersedes the old answer
             previous = self.live.get((conversation.id, conversation.active_turn))
             if previous is not None:
@@ -201,10 +211,7 @@ class Gateway:
         turn = LiveTurn(conversation, number, asyncio.Queue())
         self.live[(conversation.id, number)] = turn
         self.by_session[session_id] = turn
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        sse = SseWriter(response)
+        sse = await SseWriter.open(request)
         finished = False
         try:
             finished = await self._drive(request, turn, upload, sse)
@@ -215,7 +222,7 @@ class Gateway:
                 conversation.active_turn = None
             if not finished:
                 self.cancel_on_stages(conversation.id, number, "stream closed")
-        return response
+        return sse.response
 
     async def _drive(self, request: web.Request, turn: LiveTurn, upload: Upload, sse: "SseWriter") -> bool:
         """Run the turn's state machine to its end; True only when the answer completed."""
@@ -245,12 +252,22 @@ class Gateway:
             if item is not None:
                 last_progress = time.monotonic()
                 pending.extend(state.on_message(*item))
-            elif time.monotonic() - last_progress > self.settings.stage_timeout_s:
+            elif self._timed_out(state, last_progress):
                 pending.extend(state.on_timeout())
             elif (waiting := state.waiting_on()) and self.board.state(waiting) in ("down", "failed"):
                 pending.extend(state.on_stage_down(waiting, self.board.state(waiting)))
             if not await sse.keepalive(PING_S):
                 return False
+
+    def _timed_out(self, state: TurnState, last_progress: float) -> bool:
+        """Silence past stage_timeout_s ends a turn, unless the stage it waits on is busy finishing
+        other turns (under load a request queues behind them); queue_timeout_s bounds that wait."""
+        silent = time.monotonic() - last_progress
+        if silent <= self.settings.stage_timeout_s:
+            return False
+        waiting = state.waiting_on()
+        queued = waiting is not None and self.board.progressing(waiting, self.settings.stage_timeout_s)
+        return not queued or silent > self.settings.queue_timeout_s
 
     async def _send(self, state: TurnState, action: Send) -> list:
         """Send to a stage, waiting a while for one that is still loading; [] on success."""
@@ -286,6 +303,13 @@ class SseWriter:
         self.response = response
         self.next_id = 0
         self.last_write = time.monotonic()
+
+    @classmethod
+    async def open(cls, request: web.Request) -> "SseWriter":
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        return cls(response)
 
     async def _write(self, text: str) -> bool:
         try:

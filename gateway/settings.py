@@ -16,6 +16,7 @@ class GatewaySettings:
     upload_ttl_s: float = 120.0  # uploads never streamed are dropped after this
     stage_wait_s: float = 30.0  # how long a turn waits for a stage that is still loading
     stage_timeout_s: float = 60.0  # longest silence from the stage a turn is waiting on
+    queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -29,4 +30,5 @@ class GatewaySettings:
             upload_ttl_s=s.get_float("UPLOAD_TTL_S", d.upload_ttl_s),
             stage_wait_s=s.get_float("STAGE_WAIT_S", d.stage_wait_s),
             stage_timeout_s=s.get_float("STAGE_TIMEOUT_S", d.stage_timeout_s),
+            queue_timeout_s=s.get_float("QUEUE_TIMEOUT_S", d.queue_timeout_s),
         )

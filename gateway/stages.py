@@ -26,6 +26,7 @@ class StageStatus:
     load_s: float = 0.0
     error: str = ""
     last_seen: float = 0.0  # monotonic
+    last_result: float = 0.0  # monotonic time of its last result for any turn
 
 
 class StageBoard:
@@ -63,6 +64,18 @@ class StageBoard:
         """Any message from a stage counts as a heartbeat."""
         if stage in self.stages:
             self.stages[stage].last_seen = self.clock()
+
+    def result_seen(self, stage: str) -> None:
+        status = self.stages.get(stage)
+        if status is not None:
+            status.last_result = self.clock()
+
+    def progressing(self, stage: str, within_s: float) -> bool:
+        """The stage produced a result for some turn within the last within_s seconds: a request
+        that waits longer is queued behind other turns' work, not lost."""
+        status = self.stages.get(stage)
+        return (status is not None and self.state(stage) in ("ready", "busy")
+                and self.clock() - status.last_result <= within_s)
 
     def state(self, stage: str) -> str:
         status = self.stages[stage]

@@ -235,3 +235,51 @@ def test_tts_bad_model_raises_config_error(tmp_path, tiny_kokoro):
     backend = KokoroBackend(model_path=missing, config_path=tiny_kokoro["config_path"], device="cpu")
     with pytest.raises(ConfigError, match="missing-kokoro.pth"):
         backend.load()
+
+
+@pytest.mark.timeout(60)
+def test_llm_prefills_the_system_prompt_once_with_identical_output(llm, monkeypatch):
+    prefill = []
+
+    def first_forward(module, args, kwargs):
+        if not prefill:
+            prefill.append(kwargs["input_ids"].shape[1])
+
+    reference = "".join(llm.stream(MESSAGES, max_new_tokens=40))  # builds the system prompt's cache
+    hook = llm.model.register_forward_pre_hook(first_forward, with_kwargs=True)
+    try:
+        hits = llm.prefix_hits
+        cached = "".join(llm.stream(MESSAGES, max_new_tokens=40))
+    finally:
+        hook.remove()
+    prompt = llm.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    total = len(llm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    system = llm.tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False)
+    prefix = len(llm.tokenizer(system, add_special_tokens=False)["input_ids"])
+    assert llm.prefix_hits == hits + 1 and 0 < prefix < total
+    assert prefill == [total - prefix]  # only the history and question were prefilled
+    assert cached == reference  # greedy decoding: the cache changes the cost, not the answer
+    monkeypatch.setattr(llm, "_prefix_cache", lambda *args: None)
+    assert "".join(llm.stream(MESSAGES, max_new_tokens=40)) == reference
+    assert not generate_threads()
+
+
+@pytest.mark.timeout(60)
+def test_llm_generates_two_replies_at_once_as_it_does_one_at_a_time(llm):
+    import threading
+
+    assert llm.thread_safe
+    other = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
+    expected = ["".join(llm.stream(m, max_new_tokens=30)) for m in (MESSAGES, other)]
+    results: list = [None, None]
+
+    def run(i, messages):
+        results[i] = "".join(llm.stream(messages, max_new_tokens=30))
+
+    threads = [threading.Thread(target=run, args=(i, m)) for i, m in enumerate((MESSAGES, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == expected
+    assert not generate_threads()

@@ -52,3 +52,63 @@ def test_flush_remainder_and_empty_stream():
 def test_min_words_setting():
     assert chunks(["Hi there. How are you? Fine."], min_words=1) == ["Hi there. How are you? Fine."]
     assert chunks(["Hi there.", " How are you?"], min_words=1) == ["Hi there.", "How are you?"]
+
+
+# --- fast mode: a short first clause, then the original rule -------------------------------------
+
+import pytest
+
+from services.llm.chunker import iter_chunks, iter_fast_chunks
+
+
+def fast(text_pieces, first_min_words=3, min_words=8):
+    return list(iter_fast_chunks(iter(text_pieces), first_min_words, min_words))
+
+
+def test_fast_first_chunk_is_the_first_clause_of_three_words():
+    pieces = [w + " " for w in "Cats purr for many reasons, mostly when they feel safe. They also purr to heal.".split()]
+    assert fast(pieces) == ["Cats purr for many reasons,", "mostly when they feel safe. They also purr to heal."]
+
+
+def test_fast_first_clause_skips_marks_before_three_words():
+    pieces = ["Sure, ", "cats ", "purr ", "a ", "lot; ", "they ", "do."]
+    assert fast(pieces) == ["Sure, cats purr a lot;", "they do."]
+
+
+def test_fast_later_chunks_follow_the_original_eight_word_rule():
+    text = "Yes, lions live in prides. They hunt. At night they rest in the shade. Done "
+    assert fast([text]) == ["Yes, lions live in prides.", "They hunt. At night they rest in the shade.", "Done"]
+
+
+def test_fast_never_splits_numbers():
+    # Pieces arrive as tokens: "2," then "152" must not become a cut after "2,".
+    pieces = ["The ", "moon ", "is ", "about ", "2,", "152", ",500 ", "miles ", "or ", "3.", "5 ", "light ", "seconds."]
+    out = fast(pieces)
+    assert out == ["The moon is about 2,152,500 miles or 3.5 light seconds."]
+
+
+def test_fast_yields_the_first_clause_before_reading_further():
+    seen = []
+
+    def pieces():
+        for word in "Elephants remember faces, friends and places for years.".split(" "):
+            seen.append(word)
+            yield word + " "
+
+    stream = iter_fast_chunks(pieces())
+    assert next(stream) == "Elephants remember faces,"
+    assert seen[-1] == "faces,"  # cut as soon as the space after the comma arrived
+
+
+def test_fast_flushes_and_handles_empty_streams():
+    assert fast(["no mark at all"]) == ["no mark at all"]
+    assert fast([]) == []
+    assert fast(["Hi."]) == ["Hi."]
+
+
+def test_iter_chunks_modes():
+    text = ["Well, elephants are big animals. They eat grass all day long, every day. End"]
+    assert list(iter_chunks(iter(text), "original")) == list(iter_sentence_chunks(iter(text)))
+    assert list(iter_chunks(iter(text), "fast"))[0] == "Well, elephants are big animals."
+    with pytest.raises(ValueError):
+        list(iter_chunks(iter(text), "slow"))

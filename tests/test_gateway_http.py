@@ -252,3 +252,45 @@ async def test_a_missing_stage_is_an_error_event_naming_it(make_client, bus_env)
         _, events = await turn(client)
     assert [name for name, _ in events] == ["transcript", "error"]
     assert events[-1][1]["stage"] == "tts" and "TTS" in events[-1][1]["message"]
+
+
+async def test_turns_queued_behind_a_busy_stage_wait_instead_of_timing_out(make_client, stages):
+    # Four turns at once on a TTS that takes 0.3 s per sentence: the last waits about 2 s in its
+    # queue, twice the stage timeout, while the stage keeps answering the others.
+    stages.tts_delay = 0.3
+    client = await make_client(GatewaySettings(max_upload_bytes=200_000, max_audio_s=3.0, stage_wait_s=0.5,
+                                               stage_timeout_s=1.0))
+    await wait_ready(client)
+    results = await asyncio.gather(*(turn(client) for _ in range(4)))
+    for _, events in results:
+        assert [name for name, _ in events][-1] == "done", events[-1]
+
+
+async def test_a_stage_that_never_answers_times_the_turn_out(make_client, stages):
+    stages.silent.add("tts")
+    client = await make_client(GatewaySettings(max_upload_bytes=200_000, max_audio_s=3.0, stage_wait_s=0.5,
+                                               stage_timeout_s=0.5))
+    await wait_ready(client)
+    _, events = await turn(client)
+    assert events[-1] == ("error", {"message": "The TTS stage did not answer in time.", "stage": "tts"})
+
+
+def test_a_stage_is_progressing_only_while_it_answers_some_turn():
+    from gateway.stages import StageBoard
+    from proto import StageHeartbeat
+
+    now = [100.0]
+    board = StageBoard(clock=lambda: now[0])
+    board.seen("tts")
+    board.update(StageHeartbeat(stage="tts", state="busy", busy_ms=0, queue_depth=3))
+    assert not board.progressing("tts", 5.0)  # no result yet
+    board.result_seen("tts")
+    now[0] += 4.0
+    board.seen("tts")
+    assert board.progressing("tts", 5.0)
+    now[0] += 2.0
+    board.seen("tts")
+    assert not board.progressing("tts", 5.0)  # alive, but nothing answered for 6 s: stuck or lost
+    board.result_seen("tts")
+    now[0] += 4.0  # no heartbeat for 4 s: down, whatever it answered before
+    assert board.state("tts") == "down" and not board.progressing("tts", 5.0)

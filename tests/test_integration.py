@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module")
 def product(tiny_whisper, tiny_qwen2, tiny_kokoro):
     env = {
-        "S2S_ASR_MODEL": str(tiny_whisper),
+        "S2S_ASR_BACKEND": "openai-whisper", "S2S_ASR_MODEL": str(tiny_whisper),
         "S2S_LLM_MODEL": str(tiny_qwen2),
         "S2S_LLM_DEVICE": "cpu",
         "S2S_TTS_MODEL_PATH": str(tiny_kokoro["model_path"]),

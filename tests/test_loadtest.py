@@ -276,3 +276,56 @@ async def test_sse_events_larger_than_aiohttps_default_line_limit():
     body = f': ping\n\nevent: chunk\ndata: {{"b64": "{big}"}}\n\nevent: done\ndata: {{}}\n\n'
     events = [(name, len(data)) async for name, data in iter_sse(Reader(body))]
     assert events == [("chunk", len(f'{{"b64": "{big}"}}')), ("done", 2)]
+
+
+async def test_fresh_starts_a_new_conversation_for_every_turn(gateway, bus_env, wav_dir):
+    with FakeStages(bus_env) as stages:
+        await wait_ready(gateway)
+        result = await run_concurrency(config(gateway, load_inputs([wav_dir]), turns=4, concurrency=2, fresh=True))
+    assert all(t.ok for t in result.turns)
+    assert [len(r.history) for r in stages.llm_requests] == [1, 1, 1, 1]  # no earlier turn carried along
+
+
+async def test_side_by_side_runs_each_level_against_both_and_reports_ratios(gateway, bus_env, wav_dir, tmp_path,
+                                                                           capsys):
+    from services.loadtest.report import compare, format_comparison
+    from services.loadtest.runner import run_compare
+
+    other_env = {"S2S_RUN_DIR": tempfile.mkdtemp(prefix="s2s-lt2-")}
+    baseline = TestServer(create_app(SETTINGS, bus=Bus(other_env)), host="127.0.0.1")
+    await baseline.start_server()
+    baseline_url = str(baseline.make_url("")).rstrip("/")
+    try:
+        with FakeStages(bus_env) as fast, FakeStages(other_env) as slow:
+            slow.tts_delay = 0.3  # the baseline answers later, so the ratios are known to be above 1
+            await wait_ready(gateway)
+            await wait_ready(baseline_url)
+            product, original = await run_compare(config(gateway, load_inputs([wav_dir]), turns=2), baseline_url,
+                                                  [1, 2])
+            assert len(fast.llm_requests) == len(slow.llm_requests) == 4  # 2 turns per level on each side
+            out = tmp_path / "side"
+            rc = await asyncio.to_thread(cli.main, ["--url", gateway, "--compare", baseline_url, "--turns", "2",
+                                                    "--sweep", "1,2", "--fresh", "--quiet", "--out", str(out),
+                                                    str(wav_dir)])
+    finally:
+        await baseline.close()
+        shutil.rmtree(other_env["S2S_RUN_DIR"], ignore_errors=True)
+    assert [r.level for r in product] == [1, 2] == [r.level for r in original]
+    rows = compare([summarize(r) for r in product], [summarize(r) for r in original])
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["ttfa_p50_speedup"] > 1 and row["errors"] == {"product": 0, "original": 0}
+        assert row["ttfa_p50_speedup"] == pytest.approx(row["ttfa_p50"]["original"] / row["ttfa_p50"]["product"],
+                                                        abs=0.001)
+    assert "speedup" in format_comparison(rows)
+    assert rc == 0
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["levels"] == [1, 2] and saved["original_url"] == baseline_url and len(saved["rows"]) == 2
+    for side in ("product", "original"):
+        assert (out / side / "report.json").is_file() and (out / side / "sweep.png").is_file()
+    assert "side by side" in capsys.readouterr().out
+
+
+def test_side_by_side_refuses_rate_mode(wav_dir, capsys):
+    assert cli.main(["--rate", "1", "--compare", "http://127.0.0.1:9", str(wav_dir)]) == 2
+    assert "--compare runs concurrency levels" in capsys.readouterr().err

@@ -27,7 +27,7 @@ QUESTION = "What is the capital of France?"
 @pytest.fixture(scope="module")
 def models_dir(registry_model):
     """The real artifacts, fetched once into the user's model cache (S2S_MODELS_DIR wins)."""
-    for name in ("whisper-base-openai", "smollm2-135m-instruct", "kokoro-82m-onnx"):
+    for name in ("whisper-base-ct2", "smollm2-135m-instruct", "kokoro-82m-onnx"):
         registry_model(name)
     return store.models_dir()
 

@@ -203,3 +203,17 @@ def test_real_kokoro_onnx_speaks(tmp_path, registry_model):
         seconds = w.getnframes() / w.getframerate()
     assert 1.0 < seconds < 5.0
     assert float(np.sqrt(np.mean(audio**2))) > 0.01
+
+
+def test_the_first_sentence_can_run_on_its_own_thread_count(tiny_kokoro_onnx):
+    backend = KokoroOnnxBackend(str(tiny_kokoro_onnx), threads=1, first_threads=2)
+    backend.load()
+    assert backend._first_session is not backend._session
+    assert backend._first_session.get_session_options().intra_op_num_threads == 2
+    assert backend._session.get_session_options().intra_op_num_threads == 1
+    first = np.concatenate(list(backend.synthesize(SENTENCE, "af_heart", first=True)))
+    later = np.concatenate(list(backend.synthesize(SENTENCE, "af_heart")))
+    assert first.size and first.size == later.size  # the same model and input, another thread pool
+    same = KokoroOnnxBackend(str(tiny_kokoro_onnx), threads=2, first_threads=2)
+    same.load()
+    assert same._first_session is None  # one session when both counts are equal

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+
+import numpy as np
 from typing import Iterator
 
 from proto import AsrFinal, AsrRequest
-from services.runtime.audio import pcm16_to_float
+from services.runtime.audio import float_to_pcm16, pcm16_to_float
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_asr
 from services.runtime.stage import BackendStage
@@ -24,6 +26,11 @@ class AsrStage(BackendStage):
     }
     DEFAULT_BACKEND = "openai-whisper"
     planner = staticmethod(plan_asr)
+
+    def warmup_request(self):
+        # one second of faint noise: exercises the mel front end, the encoder and the decoder
+        noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
+        return AsrRequest(session="warm-up"), [float_to_pcm16(noise)]
 
     def handle(self, request: AsrRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
         if request.sample_rate != SAMPLE_RATE:

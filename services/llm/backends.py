@@ -13,6 +13,9 @@ class TransformersBackend:
     """Hugging Face transformers causal LM (hub id or local dir; optional GGUF file inside it)."""
 
     name = "transformers"
+    # Several replies may be generated at once, each generate() on its own thread with its own
+    # cache and streamer; the model's weights are only read.
+    thread_safe = True
 
     def __init__(
         self,
@@ -30,6 +33,11 @@ class TransformersBackend:
         self.dtype = None
         self.tokenizer = None
         self.model = None
+        # The KV cache of each system prompt (one per persona), computed once: a turn then only
+        # prefills its history and question, which brings its first sentence sooner.
+        self._prefix_caches: dict[str, tuple[int, object]] = {}
+        self._prefix_lock = threading.Lock()
+        self.prefix_hits = 0
 
     def load(self) -> None:
         self.device = resolve_device(self.requested_device)
@@ -50,6 +58,38 @@ class TransformersBackend:
             ) from e
         self.model = model.to(self.device).eval()
 
+    def _prefix_cache(self, messages: list[dict], input_ids):
+        """A copy of the cached KV of the leading system message, if the prompt starts with it."""
+        if not messages or messages[0].get("role") != "system":
+            return None
+        text = self.tokenizer.apply_chat_template(messages[:1], tokenize=False)
+        with self._prefix_lock:
+            return self._copy_prefix(text, input_ids)
+
+    def _copy_prefix(self, text: str, input_ids):
+        """Under the lock: the cache of `text` (computed once), copied for one generation."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        cached = self._prefix_caches.get(text)
+        if cached is None:
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+            with torch.inference_mode():
+                cache = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True).past_key_values
+            cached = (ids, cache)
+            if len(self._prefix_caches) >= 8:
+                self._prefix_caches.pop(next(iter(self._prefix_caches)))
+            self._prefix_caches[text] = cached
+        ids, cache = cached
+        n = ids.shape[1]
+        # Only when the prompt's tokens really begin with the prefix's (and go beyond it).
+        if input_ids.shape[1] <= n or not torch.equal(input_ids[0, :n], ids[0]):
+            return None
+        self.prefix_hits += 1
+        return copy.deepcopy(cache)  # generate() appends to the cache it is given
+
     def stream(
         self,
         messages: list[dict],
@@ -66,6 +106,7 @@ class TransformersBackend:
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The template already carries any BOS/special tokens.
         inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        prefix = self._prefix_cache(messages, inputs["input_ids"])
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         closed = threading.Event()
 
@@ -84,6 +125,8 @@ class TransformersBackend:
         )
         if tok.pad_token_id is None:
             gen_kwargs["pad_token_id"] = tok.eos_token_id
+        if prefix is not None:
+            gen_kwargs["past_key_values"] = prefix  # generate() prefills only the tokens after it
         error: list[BaseException] = []
 
         def run() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from proto import LlmDone, LlmRequest, LlmSentence
-from services.llm.chunker import iter_sentence_chunks
-from services.personas import HISTORY_MESSAGES, PERSONAS, system_prompt
-from services.runtime.errors import BadRequest
+from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
+from services.llm.chunker import CHUNKING_MODES, iter_chunks
+from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES, PERSONAS, system_prompt
+from services.runtime.errors import BadRequest, ConfigError
 from services.models.resolve import plan_llm
 from services.runtime.settings import StageSettings
 from services.runtime.stage import BackendStage
@@ -28,6 +28,17 @@ class LlmStage(BackendStage):
         super().__init__(settings)
         self.max_new_tokens = settings.get_int("MAX_NEW_TOKENS", 220)
         self.min_words = settings.get_int("MIN_WORDS", 8)
+        self.first_min_words = settings.get_int("FIRST_MIN_WORDS", 3)
+        self.chunking = (settings.get("CHUNKING", "fast") or "fast").strip().lower()
+        if self.chunking not in CHUNKING_MODES:
+            raise ConfigError(f"S2S_LLM_CHUNKING must be {' or '.join(CHUNKING_MODES)}, got {self.chunking!r}")
+        if self.min_words < 1 or self.first_min_words < 1:
+            raise ConfigError("S2S_LLM_MIN_WORDS and S2S_LLM_FIRST_MIN_WORDS must be at least 1")
+
+    def warmup_request(self):
+        # a real prompt (system prompt and chat template), a few tokens: prefill and decode both run
+        return LlmRequest(session="warm-up", persona=DEFAULT_PERSONA, max_new_tokens=4,
+                          history=[ChatMessage("user", "Hello!")]), []
 
     def prompt(self, request: LlmRequest) -> list[dict]:
         if request.persona not in PERSONAS:
@@ -57,7 +68,7 @@ class LlmStage(BackendStage):
 
         stream = self.backend.stream(messages, max_new_tokens=max_new, should_stop=turn.should_stop)
         try:
-            for sentence in iter_sentence_chunks(counted(stream), self.min_words):
+            for sentence in iter_chunks(counted(stream), self.chunking, self.min_words, self.first_min_words):
                 elapsed = time.monotonic() - started
                 if not sentences:
                     first_s = elapsed

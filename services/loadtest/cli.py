@@ -23,6 +23,11 @@ Options:
                            after it and a turn still running is cut (error kind "deadline")
     --turn-timeout S       per-turn limit from upload to done (default 120; error kind "timeout")
     --persona KEY          wildlife_expert (default), friendly_teacher, casual_chat, astronaut
+    --fresh                a new conversation for every turn (default: each user keeps one conversation,
+                           so its history grows as a person's would)
+    --compare URL          side by side: at each level, the same turns against --url and then against
+                           URL (an `s2s-original` server: the original app's flow, one global lock);
+                           writes product/ and original/ reports and comparison.json with the ratios
     --out DIR              where the results go (default loadtest-results/<YYYYmmdd-HHMMSS>/)
     --quiet                no progress bar and no table (the path of report.json is still printed)
 
@@ -44,6 +49,7 @@ Examples:
     s2s-loadtest --turns 20 --concurrency 2 question.wav
     s2s-loadtest --rate 0.5 --turns 30 --max-seconds 120 recordings/
     s2s-loadtest --sweep 1,2,4,8 --turns 16 --out results/sweep recordings/
+    s2s-loadtest --sweep 1,4 --turns 8 --fresh --compare http://127.0.0.1:7861 recordings/
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.loadtest.client import check_health, load_inputs
-from services.loadtest.report import format_table, write_all
-from services.loadtest.runner import RunConfig, run
+from services.loadtest.report import compare, format_comparison, format_table, write_all, write_json
+from services.loadtest.runner import RunConfig, run, run_compare
 from services.personas import PERSONAS
 
 DEFAULT_URL = "http://127.0.0.1:7860"
@@ -126,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--persona", default="wildlife_expert", choices=sorted(PERSONAS))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--compare", default=None, metavar="URL")
     return parser
 
 
@@ -141,32 +149,59 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         url = check_url(args.url, args.allow_remote)
+        baseline = check_url(args.compare, args.allow_remote) if args.compare else None
         inputs = load_inputs(args.inputs)
+        if baseline and args.rate:
+            raise ValueError("--compare runs concurrency levels (--concurrency or --sweep), not --rate")
     except (ValueError, OSError) as exc:
         print(f"s2s-loadtest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    problem = asyncio.run(check_health(url))
-    if problem is not None:
-        print(f"s2s-loadtest: error: the gateway at {url} is not reachable: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+    for target in filter(None, (url, baseline)):
+        problem = asyncio.run(check_health(target))
+        if problem is not None:
+            print(f"s2s-loadtest: error: the gateway at {target} is not reachable: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     config = RunConfig(url=url, inputs=inputs, turns=args.turns, concurrency=args.concurrency or 1, rate=args.rate,
                        max_seconds=args.max_seconds, turn_timeout=args.turn_timeout, persona=args.persona,
-                       quiet=args.quiet)
-    runs = asyncio.run(run(config, args.sweep))
+                       quiet=args.quiet, fresh=args.fresh)
     out_dir = args.out or default_out_dir()
     described = {k: v for k, v in asdict(config).items() if k != "inputs"}
     described.update(inputs=[i.name for i in inputs], sweep=args.sweep,
                      mode="sweep" if args.sweep else ("rate" if args.rate else "concurrency"))
-    if args.sweep and len(runs) < len(args.sweep):
-        described["skipped_levels"] = args.sweep[len(runs):]
-    report = write_all(runs, described, out_dir, sweep=bool(args.sweep))
-    if not args.quiet:
+    if baseline:
+        return _side_by_side(config, baseline, args, described, out_dir)
+    runs = asyncio.run(run(config, args.sweep))
+    report = _write(runs, described, args.sweep, out_dir, args.quiet)
+    print(f"report: {report['files']['report']}")
+    return EXIT_OK
+
+
+def _write(runs, described: dict, levels: list[int] | None, out_dir: Path, quiet: bool) -> dict:
+    described = dict(described)
+    if levels and len(runs) < len(levels):
+        described["skipped_levels"] = levels[len(runs):]
+    report = write_all(runs, described, out_dir, sweep=bool(levels))
+    if not quiet:
         for summary in report["runs"]:
             print(format_table(summary))
             print()
         if described.get("skipped_levels"):
             print(f"levels not run (--max-seconds reached): {described['skipped_levels']}")
-    print(f"report: {report['files']['report']}")
+    return report
+
+
+def _side_by_side(config: RunConfig, baseline: str, args, described: dict, out_dir: Path) -> int:
+    levels = args.sweep or [config.concurrency]
+    product_runs, original_runs = asyncio.run(run_compare(config, baseline, levels))
+    sweep = levels if len(levels) > 1 else None
+    product = _write(product_runs, described, sweep, out_dir / "product", args.quiet)
+    original = _write(original_runs, {**described, "url": baseline}, sweep, out_dir / "original", args.quiet)
+    rows = compare(product["runs"], original["runs"])
+    path = write_json({"product_url": config.url, "original_url": baseline, "levels": levels, "rows": rows,
+                       "product_report": product["files"]["report"],
+                       "original_report": original["files"]["report"]}, out_dir / "comparison.json")
+    print(format_comparison(rows))
+    print(f"report: {path}")
     return EXIT_OK
 
 

@@ -204,3 +204,41 @@ def format_table(summary: dict) -> str:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(summary["errors_by_detail"].items()))
         lines.append(f"  errors: {detail}")
     return "\n".join(lines)
+
+
+# --- side by side: this product against the original flow ------------------------------------
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def compare(product: list[dict], original: list[dict]) -> list[dict]:
+    """Per level: TTFA p50/p95 and throughput of both flows, and the gains as ratios
+    (TTFA: original / product, above 1 is faster; throughput: product / original)."""
+    rows = []
+    for p, o in zip(product, original):
+        ttfa_p, ttfa_o = p["latency"]["ttfa_s"], o["latency"]["ttfa_s"]
+        rows.append({
+            "concurrency": p["level"],
+            "ttfa_p50": {"product": ttfa_p["p50"], "original": ttfa_o["p50"]},
+            "ttfa_p95": {"product": ttfa_p["p95"], "original": ttfa_o["p95"]},
+            "turns_per_minute": {"product": p["turns_per_minute"], "original": o["turns_per_minute"]},
+            "errors": {"product": p["errors"], "original": o["errors"]},
+            "ttfa_p50_speedup": _ratio(ttfa_o["p50"], ttfa_p["p50"]),
+            "throughput_ratio": _ratio(p["turns_per_minute"], o["turns_per_minute"]),
+        })
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    lines = ["side by side (product vs original flow; speedup = original / product TTFA, "
+             "throughput ratio = product / original)",
+             f"  {'c':>3}{'TTFA p50 s':>22}{'speedup':>9}{'turns/min':>22}{'ratio':>8}{'errors':>10}"]
+    for r in rows:
+        t, m, e = r["ttfa_p50"], r["turns_per_minute"], r["errors"]
+        lines.append(f"  {r['concurrency']:>3g}{_fmt(t['product']):>11}{_fmt(t['original']):>11}"
+                     f"{_fmt(r['ttfa_p50_speedup']):>9}{_fmt(m['product']):>11}{_fmt(m['original']):>11}"
+                     f"{_fmt(r['throughput_ratio']):>8}{e['product']:>5}{e['original']:>5}")
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.loadtest.client import AudioInput, TurnResult, new_user_session, run_turn
 
@@ -26,6 +26,7 @@ class RunConfig:
     turn_timeout: float = 120.0
     persona: str = "wildlife_expert"
     quiet: bool = False
+    fresh: bool = False  # a new conversation for every turn (no history carried between questions)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class _Scheduler:
         remaining = self.deadline - time.monotonic()
         cut_by_deadline = remaining < self.config.turn_timeout
         result = TurnResult(turn=number, user=user, input=audio.name, started_s=round(time.monotonic() - self.t0, 6))
+        if self.config.fresh:
+            session.cookie_jar.clear()  # the gateway starts a new conversation without the cookie
         await run_turn(session, self.config.url, audio, self.config.persona,
                        timeout=max(0.01, min(self.config.turn_timeout, remaining)), result=result,
                        timeout_kind="deadline" if cut_by_deadline else "timeout")
@@ -155,6 +158,20 @@ async def run_sweep(config: RunConfig, levels: list[int]) -> list[RunResult]:
             break
         runs.append(await run_concurrency(config, level, deadline=deadline))
     return runs
+
+
+async def run_compare(config: RunConfig, baseline_url: str, levels: list[int]) -> tuple[list[RunResult], list[RunResult]]:
+    """Side by side: at each concurrency level, the same turns against config.url, then against
+    baseline_url (the original flow), so both see the same files, machine and moment.
+    --max-seconds bounds the whole comparison."""
+    deadline = time.monotonic() + config.max_seconds
+    product, baseline = [], []
+    for level in levels:
+        for url, runs in ((config.url, product), (baseline_url, baseline)):
+            if time.monotonic() >= deadline:
+                return product, baseline
+            runs.append(await run_concurrency(replace(config, url=url), level, deadline=deadline))
+    return product, baseline
 
 
 async def run(config: RunConfig, sweep: list[int] | None = None) -> list[RunResult]:

@@ -47,6 +47,10 @@ class StageSettings:
         values.update({k: v for k, v in os.environ.items() if k.startswith("S2S_")})
         return cls(stage, values)
 
+    def with_values(self, **values: str) -> "StageSettings":
+        """A copy with some of this stage's keys set (names without the S2S_<STAGE>_ prefix)."""
+        return StageSettings(self.stage, {**self._values, **{self.prefix + k: v for k, v in values.items()}})
+
     def get(self, key: str, default: str | None = None) -> str | None:
         value = self._values.get(self.prefix + key)
         return default if value in (None, "") else value

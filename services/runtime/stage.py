@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from services.runtime.errors import ConfigError
 from services.runtime.registry import backend_class
@@ -23,11 +24,20 @@ class BackendStage:
     DEFAULT_BACKEND: str
     planner = None  # staticmethod: (settings, prepare, log_line) -> Plan
 
+    def warmup_request(self):
+        """(request, payload) of a small request that warms the model up at load; None: no warm-up."""
+        return None
+
     def __init__(self, settings: StageSettings):
         self.settings = settings
         self.backend_name = settings.get("BACKEND", self.DEFAULT_BACKEND)
         backend_class(self.name, self.backend_name, self.BACKENDS)  # a bad name fails before loading
         self.backend = None
+
+    @property
+    def parallel_ok(self) -> bool:
+        """Whether the loaded backend may handle several requests at once (S2S_<STAGE>_PARALLEL)."""
+        return bool(getattr(self.backend, "thread_safe", False))
 
     def describe(self) -> StageInfo:
         """Before load(): the configured backend; the model is known once resolved."""
@@ -46,4 +56,29 @@ class BackendStage:
         self.backend_name = plan.backend
         self.backend = backend_class(self.name, plan.backend, self.BACKENDS)(**plan.options)
         self.backend.load()
+        self.warm_up()
         return StageInfo(plan.backend, plan.model, self.backend.device, plan.source, plan.reason)
+
+    def warm_up(self) -> float:
+        """One small request through handle() at load, so the first user's turn does not pay for
+        lazy initialisation (kernel selection, caches, first allocations). Returns its seconds."""
+        made = self.warmup_request()
+        if made is None:
+            return 0.0
+        request, payload = made
+        started = time.monotonic()
+        try:
+            for _ in self.handle(request, payload, _WarmUpTurn()):
+                pass
+        except Exception as exc:  # a model that cannot answer a trivial request is not ready
+            raise ConfigError(f"{self.name} warm-up failed: {type(exc).__name__}: {exc}") from exc
+        elapsed = time.monotonic() - started
+        log.info("%s warm-up took %.2f s", self.name, elapsed)
+        return elapsed
+
+
+class _WarmUpTurn:
+    """The TurnContext of a warm-up request: never cancelled."""
+
+    def should_stop(self) -> bool:
+        return False

@@ -7,6 +7,7 @@ flowing during a long generation and a stuck compute loop shows up as "busy for 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -122,7 +123,13 @@ class Worker:
         self.stage = stage
         self.settings = settings
         self.instance = f"{stage.name}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.inbox: queue.Queue[tuple[Envelope, list[bytes]]] = queue.Queue(settings.get_int("INBOX", 16))
+        # Ordered by the stage's priority for each request (lower first), then by arrival.
+        self.inbox: queue.PriorityQueue = queue.PriorityQueue(settings.get_int("INBOX", getattr(stage, "INBOX", 16)))
+        self._arrivals = itertools.count()
+        # Requests handled at once, each on its own compute thread (for backends that allow it).
+        self.parallel = max(1, settings.get_int("PARALLEL", 1))
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self.book = TurnBook()
         self.draining = threading.Event()
         self.stopped = threading.Event()
@@ -259,7 +266,8 @@ class Worker:
             self._reject(message, "shutdown", f"{self.stage.name} stage is shutting down", push)
             return
         try:
-            self.inbox.put_nowait((message, payload))
+            priority = getattr(self.stage, "priority", lambda _request: 0)(message)
+            self.inbox.put_nowait((priority, next(self._arrivals), message, payload))
         except queue.Full:
             self._reject(message, "busy", f"{self.stage.name} stage is saturated", push)
 
@@ -311,9 +319,23 @@ class Worker:
             self._outbox_pull.close(linger=0)
 
     def _serve(self) -> None:
+        parallel = self.parallel
+        if parallel > 1 and not getattr(self.stage, "parallel_ok", False):
+            log.warning("%s: PARALLEL=%d ignored: the %s backend handles one request at a time",
+                        self.stage.name, parallel, self.info.backend)
+            parallel = 1
+        helpers = [threading.Thread(target=self._serve_one, name=f"{self.stage.name}-compute-{i}", daemon=True)
+                   for i in range(1, parallel)]
+        for helper in helpers:
+            helper.start()
+        self._serve_one()
+        for helper in helpers:
+            helper.join()
+
+    def _serve_one(self) -> None:
         while not self.draining.is_set():
             try:
-                request, payload = self.inbox.get(timeout=0.2)
+                _, _, request, payload = self.inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
             self._process(request, payload)
@@ -324,7 +346,10 @@ class Worker:
             log.info("skipped %s session=%s turn=%s: %s", proto.tag_of(request), request.session,
                      request.turn, turn.stale_reason())
             return
-        self.state, self.busy_since = "busy", time.monotonic()
+        with self._busy_lock:
+            if self._busy == 0:
+                self.state, self.busy_since = "busy", time.monotonic()
+            self._busy += 1
         outputs = self.stage.handle(request, payload, turn)
         try:
             for message, frames in outputs:
@@ -340,7 +365,10 @@ class Worker:
             self._fail(request, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             outputs.close()
-            self.state = "ready"
+            with self._busy_lock:
+                self._busy -= 1
+                if self._busy == 0 and self.state == "busy":
+                    self.state = "ready"
 
     def _fail(self, request: Envelope, kind: str, text: str) -> None:
         self.send(StageError(stage=self.stage.name, kind=kind, message=text), reply_to=request)
@@ -351,13 +379,20 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def apply_threads(settings: StageSettings) -> None:
-    """Pin this stage's CPU thread pool so stages sharing a machine do not oversubscribe it."""
+def apply_cpu_settings(settings: StageSettings) -> None:
+    """THREADS pins this stage's CPU thread pool so stages sharing a machine do not oversubscribe it;
+    NICE lowers its CPU priority (0..19), so a stage off the path to the first audio yields to those on it."""
     threads = settings.get_int("THREADS", 0)
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
+    nice = settings.get_int("NICE", 0)
+    if not 0 <= nice <= 19:
+        raise ConfigError(f"{settings.prefix}NICE must be between 0 and 19, got {nice}")
+    if nice:
+        os.nice(nice)
+        log.info("%s runs at nice %d", settings.stage, os.nice(0))
 
 
 def main(stage_factory) -> None:
@@ -365,7 +400,7 @@ def main(stage_factory) -> None:
     configure_logging()
     try:
         settings = StageSettings.load(stage_factory.name)
-        apply_threads(settings)
+        apply_cpu_settings(settings)
         stage = stage_factory(settings)
     except ConfigError as exc:
         log.error("%s stage cannot start: %s", stage_factory.name, exc)

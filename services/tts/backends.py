@@ -26,6 +26,7 @@ class KokoroBackend:
         voices_dir: str | None = None,
         device: str = "cpu",
         lang_code: str = "a",
+        first_threads: int | None = None,
     ):
         self.repo_id = repo_id
         self.model_path = model_path
@@ -34,6 +35,8 @@ class KokoroBackend:
         self.requested_device = device
         self.device = device
         self.lang_code = lang_code
+        # torch threads for a turn's first sentence: None the same as the rest, 0 one per core
+        self.first_threads = None if first_threads is None else (int(first_threads) or os.cpu_count() or 1)
         self.model_label = model_path or repo_id
         self._pipeline = None
         self._voices: dict = {}
@@ -77,12 +80,20 @@ class KokoroBackend:
         self._voices[voice] = pack
         return pack
 
-    def synthesize(self, text: str, voice: str, speed: float = 1.0) -> Iterator[np.ndarray]:
-        """Yield float32 mono 24 kHz audio, one array per pipeline segment."""
+    def synthesize(self, text: str, voice: str, speed: float = 1.0, first: bool = False) -> Iterator[np.ndarray]:
+        """Yield float32 mono 24 kHz audio, one array per pipeline segment.
+        first: the turn's first sentence (uses first_threads when set)."""
         if self._pipeline is None:
             raise RuntimeError("KokoroBackend.synthesize() called before load()")
+        import torch
+
         pack = self._voice(voice)  # before the pipeline, so a bad voice fails before any audio
-        for result in self._pipeline(text, voice=pack, speed=speed):
-            if result.audio is None:
-                continue
-            yield result.audio.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1)
+        threads = torch.get_num_threads()
+        if first and self.first_threads is not None:
+            torch.set_num_threads(self.first_threads)
+        try:
+            for result in self._pipeline(text, voice=pack, speed=speed):
+                if result.audio is not None:
+                    yield result.audio.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1)
+        finally:
+            torch.set_num_threads(threads)

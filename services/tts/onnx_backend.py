@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -90,18 +91,29 @@ class KokoroOnnxBackend:
     name = "kokoro-onnx"
     sample_rate = 24000
 
-    def __init__(self, model_dir: str, device: str = "cpu", lang_code: str = "a", threads: int = 0):
+    # Sentences may be spoken on several threads at once: onnxruntime sessions run concurrently,
+    # and the G2P (spaCy, misaki), which is not known to be thread-safe, runs under a lock.
+    thread_safe = True
+
+    def __init__(self, model_dir: str, device: str = "cpu", lang_code: str = "a", threads: int = 0,
+                 first_threads: int | None = None):
         self.model_dir = model_dir
         self.requested_device = device
         self.device = device
         self.lang_code = lang_code
         self.threads = int(threads or 0)
+        # The first sentence of a turn is on the path to the first audio: it may use more threads
+        # (a second session) than the rest, which run beside the LLM writing the next sentences.
+        # None: the same as threads; 0: onnxruntime's default (one per core).
+        self.first_threads = None if first_threads is None else int(first_threads)
         self.model_path = os.path.join(model_dir, MODEL_FILE) if model_dir else MODEL_FILE
         self.model_label = self.model_path
         self.g2p: str | None = None  # "misaki" or "espeak" once loaded
         self.load_s: float | None = None
         self.warmup_s: float | None = None
         self._session = None
+        self._first_session = None
+        self._g2p_lock = threading.Lock()
         self._inputs: dict[str, str] = {}
         self._output: str | None = None
         self._vocab: dict[str, int] = {}
@@ -127,12 +139,16 @@ class KokoroOnnxBackend:
         if not self._voices_dir.is_dir():
             raise ConfigError(f"Kokoro voices directory {self._voices_dir} is missing (voices/<name>.bin)")
         self._vocab = self._load_vocab(model_dir / "vocab.json")
-        self._session = self._load_session(model_path)
+        self._session = self._load_session(model_path, self.threads)
+        if self.first_threads is not None and self.first_threads != self.threads:
+            self._first_session = self._load_session(model_path, self.first_threads)
         self._load_g2p()
         self.load_s = time.monotonic() - started
         self._warm_up()
-        log.info("kokoro-onnx loaded %s on %s (g2p %s, threads %s) in %.2f s, warm-up %.2f s",
-                 model_path, self.device, self.g2p, self.threads or "default", self.load_s, self.warmup_s)
+        log.info("kokoro-onnx loaded %s on %s (g2p %s, threads %s, first sentence %s) in %.2f s, warm-up %.2f s",
+                 model_path, self.device, self.g2p, self.threads or "default",
+                 "same" if self.first_threads is None else (self.first_threads or "default"),
+                 self.load_s, self.warmup_s)
 
     @staticmethod
     def _load_vocab(path: Path) -> dict[str, int]:
@@ -166,7 +182,7 @@ class KokoroOnnxBackend:
         self.device = req
         return [("CUDAExecutionProvider", {"device_id": int(m.group(1) or 0)}), "CPUExecutionProvider"]
 
-    def _load_session(self, model_path: Path):
+    def _load_session(self, model_path: Path, threads: int):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -175,8 +191,8 @@ class KokoroOnnxBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: int8 graphs log harmless warnings
-        if self.threads > 0:
-            opts.intra_op_num_threads = self.threads
+        if threads > 0:
+            opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         try:
             session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
@@ -233,6 +249,8 @@ class KokoroOnnxBackend:
         started = time.monotonic()
         try:
             samples = sum(len(a) for a in self.synthesize(WARMUP_TEXT, voice))
+            if self._first_session is not None:
+                sum(len(a) for a in self.synthesize(WARMUP_TEXT, voice, first=True))
         except ValueError as e:  # a corrupt voice pack
             raise ConfigError(str(e)) from None
         except Exception as e:
@@ -290,7 +308,7 @@ class KokoroOnnxBackend:
             if pending:
                 yield pending
 
-    def _infer(self, ps: str, pack: np.ndarray, speed: float) -> np.ndarray:
+    def _infer(self, session, ps: str, pack: np.ndarray, speed: float) -> np.ndarray:
         ids = [self._vocab[p] for p in ps if p in self._vocab][:CONTEXT]
         if not ids:
             return np.zeros(0, dtype=np.float32)
@@ -301,15 +319,19 @@ class KokoroOnnxBackend:
             self._inputs["style"]: style,
             self._inputs["speed"]: np.array([speed], dtype=np.float32),
         }
-        audio = self._session.run([self._output], feeds)[0]
+        audio = session.run([self._output], feeds)[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
-    def synthesize(self, text: str, voice: str, speed: float = 1.0) -> Iterator[np.ndarray]:
-        """Yield float32 mono 24 kHz audio, one array per chunk of at most 510 phonemes."""
+    def synthesize(self, text: str, voice: str, speed: float = 1.0, first: bool = False) -> Iterator[np.ndarray]:
+        """Yield float32 mono 24 kHz audio, one array per chunk of at most 510 phonemes.
+        first: the turn's first sentence (uses first_threads when set)."""
         if self._session is None:
             raise RuntimeError("KokoroOnnxBackend.synthesize() called before load()")
+        session = self._first_session if first and self._first_session is not None else self._session
         pack = self._voice(voice)  # before any G2P, so a bad voice fails before any audio
-        for ps in self.phonemes(text):
-            audio = self._infer(ps, pack, float(speed))
+        with self._g2p_lock:
+            pieces = list(self.phonemes(text))
+        for ps in pieces:
+            audio = self._infer(session, ps, pack, float(speed))
             if audio.size:
                 yield audio

@@ -6,7 +6,7 @@ import time
 from typing import Iterator
 
 from proto import TtsAudio, TtsDone, TtsRequest
-from services.personas import VOICES
+from services.personas import DEFAULT_PERSONA, PERSONAS, VOICES
 from services.runtime.audio import float_to_pcm16
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_tts
@@ -23,7 +23,20 @@ class TtsStage(BackendStage):
         "kokoro-onnx": "services.tts.onnx_backend:KokoroOnnxBackend",
     }
     DEFAULT_BACKEND = "kokoro"
+    INBOX = 256  # sentences: several turns' replies may wait here at once
+
+    @staticmethod
+    def priority(request: TtsRequest) -> int:
+        """A turn's first sentence goes before other turns' later ones: under load, each new
+        answer starts soon instead of waiting for whole replies queued ahead of it."""
+        return 0 if request.index == 0 else 1
     planner = staticmethod(plan_tts)
+    WARMUP_TEXT = "Hello, this is a short warm-up."
+
+    def warmup_request(self):
+        if getattr(self.backend, "warmup_s", None) is not None:
+            return None  # the backend warmed itself up while loading (kokoro-onnx)
+        return TtsRequest(session="warm-up", index=0, text=self.WARMUP_TEXT, voice=PERSONAS[DEFAULT_PERSONA].voice), []
 
     def handle(self, request: TtsRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
         if request.voice not in VOICES:
@@ -36,7 +49,7 @@ class TtsStage(BackendStage):
         parts, samples = 0, 0
         if text:
             part_started = started
-            for audio in self.backend.synthesize(text, request.voice, request.speed):
+            for audio in self.backend.synthesize(text, request.voice, request.speed, first=request.index == 0):
                 if turn.should_stop():
                     return
                 yield TtsAudio(index=request.index, part=parts, text=text if parts == 0 else "",

@@ -25,6 +25,7 @@ class FakeStages:
         self.tts_requests: list[TtsRequest] = []
         self.cancels: list[TurnCancel] = []
         self.tts_delay = 0.0
+        self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -67,6 +68,8 @@ class FakeStages:
                 next_beat = time.monotonic() + 0.5
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
+                if pulls[sock] in self.silent and not isinstance(message, TurnCancel):
+                    continue
                 if isinstance(message, TurnCancel):
                     self.cancels.append(message)
                 elif isinstance(message, AsrRequest):

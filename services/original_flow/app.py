@@ -1,0 +1,74 @@
+"""An HTTP front for OriginalPipeline with the gateway's own API (POST /upload, GET /stream/<id> as
+SSE), so s2s-loadtest drives both flows with the same client, files and measurements."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from aiohttp import web
+
+from gateway.app import Gateway, SseWriter, security_headers
+from gateway.settings import GatewaySettings
+from services.original_flow.pipeline import OriginalPipeline
+
+log = logging.getLogger("s2s.original")
+PIPELINE = web.AppKey("pipeline", OriginalPipeline)
+
+
+class OriginalFlowServer(Gateway):
+    """The gateway's uploads, conversations and SSE; the turn itself runs in-process under one lock."""
+
+    def __init__(self, settings: GatewaySettings, pipeline: OriginalPipeline):
+        super().__init__(settings, bus=None)  # no bus: the models live in this process
+        self.pipeline = pipeline
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        claimed = self.claim_upload(request.match_info["session_id"])
+        if isinstance(claimed, web.Response):
+            return claimed
+        upload, conversation = claimed
+        sse = await SseWriter.open(request)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        gone = threading.Event()
+
+        def produce() -> None:  # the original's Flask request thread
+            try:
+                for event in self.pipeline.run(upload.pcm, upload.persona, list(conversation.history), gone.is_set):
+                    loop.call_soon_threadsafe(events.put_nowait, event)
+                    if gone.is_set():
+                        break
+            except Exception as exc:  # reported to the client, and logged with its traceback
+                log.exception("turn failed")
+                loop.call_soon_threadsafe(events.put_nowait, ("error", {"message": f"The turn failed: {exc}"}))
+            loop.call_soon_threadsafe(events.put_nowait, None)
+
+        threading.Thread(target=produce, name="original-turn", daemon=True).start()
+        user_text = ""
+        try:
+            while (item := await events.get()) is not None:
+                event, data = item
+                if event == "transcript":
+                    user_text = data["text"]
+                elif event == "done":
+                    conversation.remember(user_text, data["full_text"])
+                if not await sse.send(event, data):
+                    break
+        finally:
+            gone.set()  # the client left (or the turn ended): the thread stops at its next check
+        return sse.response
+
+
+def create_app(pipeline: OriginalPipeline, settings: GatewaySettings | None = None) -> web.Application:
+    settings = settings or GatewaySettings()
+    server = OriginalFlowServer(settings, pipeline)
+    app = web.Application(middlewares=[security_headers], client_max_size=settings.max_upload_bytes + 65536)
+    app[PIPELINE] = pipeline
+    app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/api/config", server.config)
+    app.router.add_post("/api/clear", server.clear)
+    app.router.add_post("/upload", server.upload)
+    app.router.add_get("/stream/{session_id}", server.stream)
+    return app
