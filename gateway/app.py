@@ -73,12 +73,13 @@ class Gateway:
     # --- bus -----------------------------------------------------------------------------------
 
     def on_bus_message(self, message: Envelope, payload: list[bytes]) -> None:
-        stage = getattr(message, "stage", None) or message.producer.split("-", 1)[0]
+        # the stage that sent it: named in lifecycle messages and errors, else the tag's prefix
+        # (tts.audio -> tts)
+        stage = getattr(message, "stage", None) or tag_of(message).split(".", 1)[0]
         self.board.seen(stage)
         self.board.update(message)
         if message.session:
-            # the stage that answered: named in an error, else the tag's prefix (tts.audio -> tts)
-            self.board.result_seen(getattr(message, "stage", None) or tag_of(message).split(".", 1)[0])
+            self.board.result_seen(stage)
             turn = self.live.get((message.session, message.turn))
             if turn is not None:
                 turn.inbox.put_nowait((message, payload))

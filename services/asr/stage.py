@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import numpy as np
-from typing import Iterator
 
 from proto import AsrFinal, AsrRequest
 from services.runtime.audio import float_to_pcm16, pcm16_to_float

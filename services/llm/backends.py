@@ -35,7 +35,7 @@ class TransformersBackend:
         self.model = None
         # The KV cache of each system prompt (one per persona), computed once: a turn then only
         # prefills its history and question, which brings its first sentence sooner.
-        self._prefix_caches: dict[str, tuple[int, object]] = {}
+        self._prefix_caches: dict[str, tuple] = {}  # system prompt text -> (its token ids, its KV cache)
         self._prefix_lock = threading.Lock()
         self.prefix_hits = 0
 

@@ -186,8 +186,8 @@ def plan_tts(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
     r = Resolver(settings, prepare, log_line)
     backend = settings.get("BACKEND", "kokoro")
     device, lang = settings.get("DEVICE", "cpu"), settings.get("LANG_CODE", "a")
-    onnx = dict(device=device, lang_code=lang, threads=settings.get_int("THREADS", 0),
-                first_threads=settings.get_int("FIRST_THREADS", None))
+    first_threads = settings.get_int("FIRST_THREADS", None)  # both backends: threads for a turn's first sentence
+    onnx = dict(device=device, lang_code=lang, threads=settings.get_int("THREADS", 0), first_threads=first_threads)
     if backend == "kokoro-onnx":
         model_dir = settings.get("MODEL_DIR")
         if model_dir and r.source in ("auto", "local"):
@@ -202,7 +202,7 @@ def plan_tts(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
     repo = settings.get("REPO", "hexgrad/Kokoro-82M")
     options = dict(repo_id=repo, model_path=settings.get("MODEL_PATH"), config_path=settings.get("CONFIG_PATH"),
                    voices_dir=settings.get("VOICES_DIR"), device=device, lang_code=lang,
-                   first_threads=settings.get_int("FIRST_THREADS", None))
+                   first_threads=first_threads)
     if options["model_path"] and r.source in ("auto", "local"):
         if not Path(options["model_path"]).is_file():
             raise ConfigError(f"S2S_TTS_MODEL_PATH={options['model_path']!r} does not exist")

@@ -21,16 +21,10 @@ from services.llm.stage import LlmStage
 from services.personas import PERSONAS
 from services.runtime.audio import wav_bytes
 from services.runtime.settings import StageSettings
+from services.runtime.stage import InProcessTurn
 from services.tts.stage import TtsStage
 
 Event = tuple[str, dict]  # an SSE event name and its data, as the gateway sends them
-
-
-class _Turn:
-    """The TurnContext the stages see: stops when the client has gone."""
-
-    def __init__(self, stop: Callable[[], bool]):
-        self.should_stop = stop
 
 
 def original_settings(stage: str) -> StageSettings:
@@ -62,9 +56,10 @@ class OriginalPipeline:
             stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
         """One turn's SSE events: transcript, chunk..., done (or error). Blocks while another turn runs."""
         with self.lock:
-            yield from self._run_locked(pcm, persona, history, _Turn(stop))
+            yield from self._run_locked(pcm, persona, history, InProcessTurn(stop))  # stop: the client left
 
-    def _run_locked(self, pcm: bytes, persona_key: str, history: list[ChatMessage], turn: _Turn) -> Iterator[Event]:
+    def _run_locked(self, pcm: bytes, persona_key: str, history: list[ChatMessage],
+                    turn: InProcessTurn) -> Iterator[Event]:
         started = time.monotonic()
         timing: dict[str, float] = {}
         final = self._one(self.asr.handle(AsrRequest(), [pcm], turn), AsrFinal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Callable
 
 from services.runtime.errors import ConfigError
 from services.runtime.registry import backend_class
@@ -24,15 +25,15 @@ class BackendStage:
     DEFAULT_BACKEND: str
     planner = None  # staticmethod: (settings, prepare, log_line) -> Plan
 
-    def warmup_request(self):
-        """(request, payload) of a small request that warms the model up at load; None: no warm-up."""
-        return None
-
     def __init__(self, settings: StageSettings):
         self.settings = settings
         self.backend_name = settings.get("BACKEND", self.DEFAULT_BACKEND)
         backend_class(self.name, self.backend_name, self.BACKENDS)  # a bad name fails before loading
         self.backend = None
+
+    def warmup_request(self):
+        """(request, payload) of a small request that warms the model up at load; None: no warm-up."""
+        return None
 
     @property
     def parallel_ok(self) -> bool:
@@ -68,7 +69,7 @@ class BackendStage:
         request, payload = made
         started = time.monotonic()
         try:
-            for _ in self.handle(request, payload, _WarmUpTurn()):
+            for _ in self.handle(request, payload, InProcessTurn()):
                 pass
         except Exception as exc:  # a model that cannot answer a trivial request is not ready
             raise ConfigError(f"{self.name} warm-up failed: {type(exc).__name__}: {exc}") from exc
@@ -77,8 +78,9 @@ class BackendStage:
         return elapsed
 
 
-class _WarmUpTurn:
-    """The TurnContext of a warm-up request: never cancelled."""
+class InProcessTurn:
+    """The TurnContext of a request handled in-process, without the bus (a warm-up, the original
+    flow): it stops when `should_stop` says so, never by default."""
 
-    def should_stop(self) -> bool:
-        return False
+    def __init__(self, should_stop: Callable[[], bool] = lambda: False):
+        self.should_stop = should_stop

@@ -12,6 +12,7 @@ from services.runtime.errors import BadRequest
 from services.models.resolve import plan_tts
 from services.runtime.stage import BackendStage
 from services.runtime.worker import Output, TurnContext
+from services.tts.onnx_backend import WARMUP_TEXT
 from services.tts.sanitize import clean_for_tts
 
 
@@ -23,6 +24,7 @@ class TtsStage(BackendStage):
         "kokoro-onnx": "services.tts.onnx_backend:KokoroOnnxBackend",
     }
     DEFAULT_BACKEND = "kokoro"
+    planner = staticmethod(plan_tts)
     INBOX = 256  # sentences: several turns' replies may wait here at once
 
     @staticmethod
@@ -30,13 +32,11 @@ class TtsStage(BackendStage):
         """A turn's first sentence goes before other turns' later ones: under load, each new
         answer starts soon instead of waiting for whole replies queued ahead of it."""
         return 0 if request.index == 0 else 1
-    planner = staticmethod(plan_tts)
-    WARMUP_TEXT = "Hello, this is a short warm-up."
 
     def warmup_request(self):
         if getattr(self.backend, "warmup_s", None) is not None:
             return None  # the backend warmed itself up while loading (kokoro-onnx)
-        return TtsRequest(session="warm-up", index=0, text=self.WARMUP_TEXT, voice=PERSONAS[DEFAULT_PERSONA].voice), []
+        return TtsRequest(session="warm-up", index=0, text=WARMUP_TEXT, voice=PERSONAS[DEFAULT_PERSONA].voice), []
 
     def handle(self, request: TtsRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
         if request.voice not in VOICES:
