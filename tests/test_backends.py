@@ -29,8 +29,9 @@ def speechlike(seconds: float = 2.0, sr: int = 16000) -> np.ndarray:
     return (0.3 * env * np.sin(2 * np.pi * 180 * t) + 0.01 * noise).astype(np.float32)
 
 
-def generate_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "llm-generate"]
+def unfinished_replies(llm) -> int:
+    """Replies still in the backend's decode batch (0 once every stream has returned)."""
+    return llm._batcher().unfinished()
 
 
 # --- devices -----------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def test_llm_streams_ascii_words(llm):
     text = "".join(pieces)
     assert len(pieces) > 10 and all(isinstance(p, str) and p for p in pieces)
     assert text.isascii() and len(text.split()) > 50, text[:200]
-    assert not generate_threads()
+    assert not unfinished_replies(llm)
 
 
 @pytest.mark.timeout(30)
@@ -147,7 +148,7 @@ def test_llm_should_stop_ends_generation_within_one_step(llm):
     assert at_flip is not None
     assert len(forwards) - at_flip <= 1, (at_flip, len(forwards))
     assert len(forwards) < 50  # far from the 220-token budget
-    assert not generate_threads()
+    assert not unfinished_replies(llm)
 
 
 @pytest.mark.timeout(30)
@@ -155,7 +156,7 @@ def test_llm_early_close_stops_and_joins_thread(llm):
     gen = llm.stream(MESSAGES, max_new_tokens=220)
     assert next(gen)
     gen.close()
-    assert not generate_threads()
+    assert not unfinished_replies(llm)
 
 
 @pytest.mark.timeout(30)
@@ -174,7 +175,7 @@ def test_llm_generate_exception_surfaces(llm):
                 pass
     finally:
         hook.remove()
-    assert not generate_threads()
+    assert not unfinished_replies(llm)
 
 
 def test_llm_bad_model_raises_config_error(tmp_path):
@@ -261,25 +262,121 @@ def test_llm_prefills_the_system_prompt_once_with_identical_output(llm, monkeypa
     assert cached == reference  # greedy decoding: the cache changes the cost, not the answer
     monkeypatch.setattr(llm, "_prefix_cache", lambda *args: None)
     assert "".join(llm.stream(MESSAGES, max_new_tokens=40)) == reference
-    assert not generate_threads()
+    assert not unfinished_replies(llm)
 
 
-@pytest.mark.timeout(60)
-def test_llm_generates_two_replies_at_once_as_it_does_one_at_a_time(llm):
-    import threading
+@pytest.fixture(scope="module")
+def context_llm(tiny_qwen2):
+    """The tiny model with its attention weights scaled up. With small random weights a token's
+    context hardly changes the next token, so a batch that got positions or padding wrong would
+    still match; scaled, every reply depends on its whole prompt and on where each token sits."""
+    backend = TransformersBackend(model=str(tiny_qwen2), device="cpu")
+    backend.load()
+    with torch.no_grad():
+        for layer in backend.model.model.layers:
+            attention = layer.self_attn
+            for proj in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+                proj.weight.mul_(8)
+    return backend
 
-    assert llm.thread_safe
-    other = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
-    expected = ["".join(llm.stream(m, max_new_tokens=30)) for m in (MESSAGES, other)]
-    results: list = [None, None]
+
+OTHER_PROMPTS = [
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}],
+    [{"role": "user", "content": "Count from one to ten, then tell me a long story about a lighthouse."}],
+    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Arr, hello there."}, {"role": "user", "content": "Where is the gold?"}],
+]
+
+
+def stream_at_once(llm, prompts, max_new_tokens=30, stagger_s=0.0, should_stop=None):
+    """Each prompt streamed on its own thread (as the worker's PARALLEL threads do); the texts."""
+    results: list = [None] * len(prompts)
+    errors: list = []
 
     def run(i, messages):
-        results[i] = "".join(llm.stream(messages, max_new_tokens=30))
+        try:
+            stop = should_stop[i] if should_stop else (lambda: False)
+            results[i] = "".join(llm.stream(messages, max_new_tokens=max_new_tokens, should_stop=stop))
+        except BaseException as e:
+            errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i, m)) for i, m in enumerate((MESSAGES, other))]
+    threads = [threading.Thread(target=run, args=(i, m)) for i, m in enumerate(prompts)]
     for t in threads:
         t.start()
+        time.sleep(stagger_s)
     for t in threads:
-        t.join(30)
+        t.join(60)
+    return results, errors
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stagger_s", [0.0, 0.05])
+def test_llm_batches_replies_and_each_is_what_it_would_be_alone(context_llm, stagger_s):
+    """Replies of different lengths join one running batch (at once, or while others decode):
+    padding and per-row positions leave every reply exactly as it is when generated alone."""
+    llm = context_llm
+    assert llm.thread_safe
+    prompts = [MESSAGES] + OTHER_PROMPTS
+    expected = ["".join(llm.stream(m, max_new_tokens=30)) for m in prompts]
+    assert len(set(expected)) == len(expected)  # each reply depends on its prompt
+    batcher = llm._batcher()
+    batcher.max_rows = 0
+    results, errors = stream_at_once(llm, prompts, stagger_s=stagger_s)
+    assert not errors
     assert results == expected
-    assert not generate_threads()
+    assert batcher.max_rows >= 2  # they really were decoded together
+    assert not unfinished_replies(llm)
+
+
+@pytest.mark.timeout(90)
+def test_llm_batch_matches_generate_with_a_repetition_penalty(context_llm, monkeypatch):
+    """Greedy decoding as generate(do_sample=False) does it, with the model's repetition penalty
+    (Qwen2.5-Instruct ships 1.05)."""
+    backend = context_llm
+    monkeypatch.setattr(backend.model.generation_config, "repetition_penalty", 1.5)
+    monkeypatch.setattr(backend, "_decode_batch", None)  # a batcher that reads the new penalty
+    for messages in [MESSAGES] + OTHER_PROMPTS:
+        prompt = backend.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = backend.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = backend.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=25,
+                                     do_sample=False, pad_token_id=backend.tokenizer.eos_token_id)
+        reference = backend.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert "".join(backend.stream(messages, max_new_tokens=25)) == reference
+
+
+@pytest.mark.timeout(90)
+def test_llm_stopping_one_batched_reply_leaves_the_others_whole(context_llm):
+    llm = context_llm
+    prompts = [MESSAGES] + OTHER_PROMPTS
+    expected = ["".join(llm.stream(m, max_new_tokens=40)) for m in prompts]
+    stop = threading.Event()
+    stoppers = [lambda: False, stop.is_set, lambda: False, lambda: False]
+    timer = threading.Timer(0.05, stop.set)
+    timer.start()
+    results, errors = stream_at_once(llm, prompts, max_new_tokens=40, should_stop=stoppers)
+    timer.cancel()
+    assert not errors
+    assert results[0] == expected[0] and results[2:] == expected[2:]
+    assert len(results[1]) < len(expected[1])
+    assert not unfinished_replies(llm)
+
+
+@pytest.mark.timeout(90)
+def test_llm_a_failing_prefill_ends_only_its_own_reply(context_llm, monkeypatch):
+    llm = context_llm
+    from services.llm import batching
+
+    real_prefill = batching.DecodeBatcher._prefill
+
+    def prefill(self, reply):
+        if reply.prompt_ids.shape[0] > 200:  # the long prompt only
+            raise RuntimeError("prefill failed")
+        return real_prefill(self, reply)
+
+    long_prompt = [{"role": "user", "content": "word " * 300}]
+    expected = ["".join(llm.stream(m, max_new_tokens=30)) for m in OTHER_PROMPTS]
+    monkeypatch.setattr(batching.DecodeBatcher, "_prefill", prefill)
+    results, errors = stream_at_once(llm, OTHER_PROMPTS + [long_prompt], stagger_s=0.01)
+    assert [str(e) for e in errors] == ["prefill failed"]
+    assert results[:3] == expected
+    assert not unfinished_replies(llm)

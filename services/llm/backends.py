@@ -13,8 +13,8 @@ class TransformersBackend:
     """Hugging Face transformers causal LM (hub id or local dir; optional GGUF file inside it)."""
 
     name = "transformers"
-    # Several replies may be generated at once, each generate() on its own thread with its own
-    # cache and streamer; the model's weights are only read.
+    # Several replies may be generated at once: each stream() joins one shared decode batch
+    # (services/llm/batching.py), which runs them all in one forward pass per token.
     thread_safe = True
 
     def __init__(
@@ -23,6 +23,7 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str = "auto",
         gguf_file: str | None = None,
+        max_batch: int = 8,
     ):
         self.model_label = model if not gguf_file else f"{model}/{gguf_file}"
         self.model_id = model
@@ -38,6 +39,8 @@ class TransformersBackend:
         self._prefix_caches: dict[str, tuple] = {}  # system prompt text -> (its token ids, its KV cache)
         self._prefix_lock = threading.Lock()
         self.prefix_hits = 0
+        self.max_batch = max_batch
+        self._decode_batch = None
 
     def load(self) -> None:
         self.device = resolve_device(self.requested_device)
@@ -90,55 +93,60 @@ class TransformersBackend:
         self.prefix_hits += 1
         return copy.deepcopy(cache)  # generate() appends to the cache it is given
 
+    def _batcher(self):
+        """The one decode batch every reply of this backend joins (built on first use)."""
+        with self._prefix_lock:
+            if self._decode_batch is None:
+                from services.llm.batching import DecodeBatcher
+
+                config = self.model.generation_config
+                eos = config.eos_token_id
+                eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+                if self.tokenizer.eos_token_id is not None:
+                    eos.add(self.tokenizer.eos_token_id)
+                self._decode_batch = DecodeBatcher(self.model, eos, max_batch=self.max_batch,
+                                                   repetition_penalty=config.repetition_penalty or 1.0)
+            return self._decode_batch
+
     def stream(
         self,
         messages: list[dict],
         max_new_tokens: int = 220,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[str]:
-        """Yield reply text pieces. Closing the generator early stops generation and joins its thread."""
+        """Yield reply text pieces (greedy). Closing the generator early ends the reply at the next step."""
         if self.model is None:
             raise RuntimeError("TransformersBackend.stream() called before load()")
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import DynamicCache, TextIteratorStreamer
+
+        from services.llm.batching import Reply
 
         tok = self.tokenizer
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The template already carries any BOS/special tokens.
-        inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-        prefix = self._prefix_cache(messages, inputs["input_ids"])
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        closed = threading.Event()
-
-        class _Stop(StoppingCriteria):
-            # Checked by generate() after every token, so a stop request costs at most one more step.
-            def __call__(self, input_ids, scores, **kwargs):
-                stop = closed.is_set() or bool(should_stop())
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-        gen_kwargs = dict(
-            **inputs,
-            streamer=streamer,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            stopping_criteria=StoppingCriteriaList([_Stop()]),
-        )
-        if tok.pad_token_id is None:
-            gen_kwargs["pad_token_id"] = tok.eos_token_id
-        if prefix is not None:
-            gen_kwargs["past_key_values"] = prefix  # generate() prefills only the tokens after it
+        input_ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+        prefix = self._prefix_cache(messages, input_ids)
+        cached = prefix.get_seq_length() if prefix is not None else 0
+        streamer = TextIteratorStreamer(tok, skip_prompt=False, skip_special_tokens=True)
+        closed, ended = threading.Event(), threading.Event()
         error: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                self.model.generate(**gen_kwargs)
-            except BaseException as e:  # surfaced in the consumer below
+        def on_end(e: BaseException | None) -> None:
+            if e is not None:
                 error.append(e)
-            finally:
-                streamer.end()  # always unblock the consumer, even after an exception
+            ended.set()
+            streamer.end()  # always unblock the consumer, even after an exception
 
-        thread = threading.Thread(target=run, name="llm-generate", daemon=True)
-        thread.start()
+        self._batcher().submit(Reply(
+            input_ids=input_ids[:, cached:], prompt_ids=input_ids[0],
+            cache=prefix if prefix is not None else DynamicCache(),
+            max_new_tokens=max_new_tokens,
+            # checked at every decode step, so a stop costs at most one more step
+            should_stop=lambda: closed.is_set() or bool(should_stop()),
+            on_token=lambda token: streamer.put(torch.tensor([token])),
+            on_end=on_end,
+        ))
         try:
             for piece in streamer:
                 if error:
@@ -147,6 +155,6 @@ class TransformersBackend:
                     yield piece
         finally:
             closed.set()
-            thread.join()
+            ended.wait()
         if error:
             raise error[0]
