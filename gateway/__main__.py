@@ -36,8 +36,12 @@ def run() -> None:
         log.warning("binding %s: the assistant is reachable from the network, without authentication",
                     settings.host)
     log.info("s2s is at http://%s:%d/", settings.host, settings.port)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                shutdown_timeout=5)
+    try:
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
+                    shutdown_timeout=5)
+    except ConfigError as exc:  # raised at startup, e.g. by Bus.start: tcp endpoints without CURVE keys
+        log.error("gateway cannot start: %s", exc)
+        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aiohttp import web
 from gateway.bus import Bus, StageUnavailable
 from gateway.conversations import Conversation, ConversationStore
 from gateway.media import MediaError, decode_to_pcm
+from gateway.recovery import Recovery
 from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
@@ -31,6 +33,7 @@ CSP = ("default-src 'self'; media-src 'self' blob: data:; img-src 'self' data:; 
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 TICK_S = 0.25  # how often a waiting stream checks for disconnects and timeouts
 PING_S = 15.0
+SHUTDOWN_GRACE_S = 3.0  # for open streams to send their error event; well within supervisor's stopwaitsecs
 GATEWAY = web.AppKey("gateway", "Gateway")
 
 
@@ -40,6 +43,7 @@ class Upload:
     conversation: str
     persona: str
     pcm: bytes
+    client: str = ""
     created: float = field(default_factory=time.monotonic)
 
 
@@ -48,11 +52,26 @@ class LiveTurn:
     conversation: Conversation
     number: int
     inbox: asyncio.Queue
+    client: str = ""
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = "The turn was cancelled."
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "The turn was cancelled.") -> None:
+        self.cancel_reason = reason
         self.cancelled.set()
         self.inbox.put_nowait(None)  # wake the stream that waits on the inbox
+
+
+def finite(value):
+    """The value with NaN and infinities (which a stage may report, and which JSON cannot hold:
+    a browser's JSON.parse rejects the whole body) replaced by null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -63,12 +82,16 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, bus: Bus):
         self.settings = settings
         self.bus = bus
-        self.board = StageBoard()
+        self.board = StageBoard(stuck_after_s=settings.stuck_after_s)
         self.conversations = ConversationStore()
         self.uploads: dict[str, Upload] = {}
         self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409
         self.live: dict[tuple[str, int], LiveTurn] = {}
         self.by_session: dict[str, LiveTurn] = {}
+        self.decoding: Counter[str] = Counter()  # client address -> uploads being read or decoded
+        self.late_results = 0  # results for turns that had already ended: dropped
+        self.resent_requests = 0  # requests sent again to a restarted stage
+        self.shutting_down = False
 
     # --- bus -----------------------------------------------------------------------------------
 
@@ -76,13 +99,21 @@ class Gateway:
         # the stage that sent it: named in lifecycle messages and errors, else the tag's prefix
         # (tts.audio -> tts)
         stage = getattr(message, "stage", None) or tag_of(message).split(".", 1)[0]
-        self.board.seen(stage)
+        self.board.seen(stage, message.producer)
         self.board.update(message)
         if message.session:
             self.board.result_seen(stage)
             turn = self.live.get((message.session, message.turn))
             if turn is not None:
                 turn.inbox.put_nowait((message, payload))
+            else:
+                self.late_results += 1
+
+    def on_bus_peer(self, stage: str, joined: bool) -> None:
+        self.board.peer(stage, joined)
+        if not joined:
+            for turn in self.live.values():
+                turn.inbox.put_nowait(None)  # let each turn look at what it lost now
 
     def cancel_on_stages(self, session: str, turn: int, reason: str) -> None:
         for stage in STAGES:
@@ -101,7 +132,9 @@ class Gateway:
         return web.json_response({"personas": personas, "default_persona": DEFAULT_PERSONA})
 
     async def stages(self, request: web.Request) -> web.Response:
-        return web.json_response({"stages": self.board.snapshot(), "dropped_frames": self.bus.dropped_frames})
+        return web.json_response(finite({"stages": self.board.snapshot(), "dropped_frames": self.bus.dropped_frames,
+                                         "late_results": self.late_results, "resent_requests": self.resent_requests,
+                                         "live_turns": len(self.live)}))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -135,16 +168,28 @@ class Gateway:
             return json_error(400, f"Unknown persona {persona!r}.")
         if request.content_length is not None and request.content_length > self.settings.max_upload_bytes:
             return json_error(413, "The recording is too large.")
+        if self.shutting_down:
+            return json_error(503, "The assistant is shutting down. Please try again in a moment.")
+        client = request.remote or ""
+        self._expire_uploads()
+        if self._turns_of(client) >= self.settings.max_turns_per_client:
+            response = json_error(429, "Too many turns at once from this client: wait for one to finish.")
+            response.headers["Retry-After"] = "1"
+            return response
+        self.decoding[client] += 1
         try:
             data = await self._read_body(request)
             pcm = await decode_to_pcm(data, self.settings.max_audio_s)
         except MediaError as exc:
             return json_error(exc.status, exc.message)
+        finally:
+            self.decoding[client] -= 1
+            if not self.decoding[client]:
+                del self.decoding[client]
         conversation = self._conversation(request)
         conversation.set_persona(persona)
-        self._expire_uploads()
         session_id = secrets.token_urlsafe(24)
-        self.uploads[session_id] = Upload(session_id, conversation.id, persona, pcm)
+        self.uploads[session_id] = Upload(session_id, conversation.id, persona, pcm, client)
         return self._with_cookie(web.json_response({"session_id": session_id}), conversation)
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -168,10 +213,24 @@ class Gateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _turns_of(self, client: str) -> int:
+        """A client's turns at once: uploads being decoded, uploaded and not yet streamed, streaming."""
+        return (self.decoding[client] + sum(u.client == client for u in self.uploads.values())
+                + sum(t.client == client for t in self.live.values()))
+
     def _expire_uploads(self) -> None:
         cutoff = time.monotonic() - self.settings.upload_ttl_s
         for session_id in [k for k, u in self.uploads.items() if u.created < cutoff]:
             del self.uploads[session_id]
+
+    async def shutdown(self, app: web.Application) -> None:
+        """On SIGTERM: every open stream gets an error event before the process exits."""
+        self.shutting_down = True
+        for turn in list(self.live.values()):
+            turn.cancel("The assistant is shutting down. Please try again in a moment.")
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while self.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def cancel(self, request: web.Request) -> web.Response:
         turn = self.by_session.get(request.match_info["session_id"])
@@ -200,6 +259,8 @@ class Gateway:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         session_id = request.match_info["session_id"]
+        if self.shutting_down:
+            return json_error(503, "The assistant is shutting down. Please try again in a moment.")
         claimed = self.claim_upload(session_id)
         if isinstance(claimed, web.Response):
             return claimed
@@ -209,7 +270,7 @@ class Gateway:
             if previous is not None:
                 previous.cancel()
         number = conversation.next_turn()
-        turn = LiveTurn(conversation, number, asyncio.Queue())
+        turn = LiveTurn(conversation, number, asyncio.Queue(), upload.client)
         self.live[(conversation.id, number)] = turn
         self.by_session[session_id] = turn
         sse = await SseWriter.open(request)
@@ -230,13 +291,18 @@ class Gateway:
         persona = PERSONAS[upload.persona]
         state = TurnState(turn.conversation.id, turn.number, persona.key, persona.voice,
                           list(turn.conversation.history), time.monotonic)
+        recovery = Recovery(self.board, self.settings.stage_wait_s, time.monotonic)
         pending = deque(state.start(upload.pcm))
         last_progress = time.monotonic()
+
+        def abandoned() -> bool:  # no use waiting for a stage on behalf of this turn any more
+            return turn.cancelled.is_set() or self._disconnected(request)
+
         while True:
             while pending:
                 action = pending.popleft()
                 if isinstance(action, Send):
-                    pending.extend(await self._send(state, action))
+                    pending.extend(await self._send(state, action, recovery, abandoned))
                 elif isinstance(action, Emit):
                     if not await sse.send(action.event, action.data):
                         return False
@@ -246,17 +312,22 @@ class Gateway:
                     return action.ok
             item = await self._next(turn, TICK_S)
             if turn.cancelled.is_set():
-                await sse.send("error", {"message": "The turn was cancelled."})
+                await sse.send("error", {"message": turn.cancel_reason})
                 return False
             if self._disconnected(request):
                 return False
-            if item is not None:
+            if item is not None and not recovery.on_message(item[0]):
                 last_progress = time.monotonic()
                 pending.extend(state.on_message(*item))
-            elif self._timed_out(state, last_progress):
+            if pending:
+                continue
+            resent = recovery.resent_requests
+            pending.extend(recovery.check(state))
+            if recovery.resent_requests != resent:
+                self.resent_requests += recovery.resent_requests - resent
+                last_progress = time.monotonic()
+            elif not recovery.waiting() and self._timed_out(state, last_progress):
                 pending.extend(state.on_timeout())
-            elif (waiting := state.waiting_on()) and self.board.state(waiting) in ("down", "failed"):
-                pending.extend(state.on_stage_down(waiting, self.board.state(waiting)))
             if not await sse.keepalive(PING_S):
                 return False
 
@@ -270,10 +341,22 @@ class Gateway:
         queued = waiting is not None and self.board.progressing(waiting, self.settings.stage_timeout_s)
         return not queued or silent > self.settings.queue_timeout_s
 
-    async def _send(self, state: TurnState, action: Send) -> list:
-        """Send to a stage, waiting a while for one that is still loading; [] on success."""
+    def _will_be_ready(self, stage: str) -> bool:
+        """Worth waiting for: loading, or never seen yet, or its instance went away (supervisor
+        starts another). Not a stage that hangs (alive but silent) or failed to load."""
+        state = self.board.state(stage)
+        if state in ("loading", "draining"):
+            return True
+        if state != "down":
+            return False
+        instance = self.board.instance(stage)
+        return not instance or self.board.is_gone(instance)
+
+    async def _send(self, state: TurnState, action: Send, recovery: Recovery, abandoned) -> list:
+        """Send to a stage, waiting a while for one that is loading or restarting; [] on success."""
         deadline = time.monotonic() + self.settings.stage_wait_s
-        while not self.board.is_ready(action.stage) and time.monotonic() < deadline:
+        while (not self.board.is_ready(action.stage) and time.monotonic() < deadline
+               and self._will_be_ready(action.stage) and not self.shutting_down and not abandoned()):
             await asyncio.sleep(0.1)
         action.message.sent = time.monotonic()
         try:
@@ -282,6 +365,7 @@ class Gateway:
             self.bus.send(action.stage, action.message, *action.payload)
         except StageUnavailable as exc:
             return state.on_stage_down(action.stage, str(exc))
+        recovery.sent(action.stage)
         return []
 
     @staticmethod
@@ -322,7 +406,7 @@ class SseWriter:
 
     async def send(self, event: str, data: dict) -> bool:
         self.next_id += 1
-        return await self._write(f"id: {self.next_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n")
+        return await self._write(f"id: {self.next_id}\nevent: {event}\ndata: {json.dumps(finite(data))}\n\n")
 
     async def keepalive(self, every_s: float) -> bool:
         if time.monotonic() - self.last_write < every_s:
@@ -357,9 +441,10 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     app.router.add_get("/stream/{session_id}", gateway.stream)
 
     async def bus_lifecycle(app: web.Application):
-        bus.start(gateway.on_bus_message)
+        bus.start(gateway.on_bus_message, gateway.on_bus_peer)
         yield
         await bus.close()
 
     app.cleanup_ctx.append(bus_lifecycle)
+    app.on_shutdown.append(gateway.shutdown)
     return app

@@ -8,12 +8,17 @@ from typing import Callable
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 import proto
 from proto import Envelope, ProtocolError
+from services.runtime.curve import CurveServer
 from services.runtime.endpoints import STAGES, ensure_run_dir, events_endpoint, run_dir, stage_endpoint
 
 log = logging.getLogger("s2s.gateway.bus")
+
+PEER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+MONITOR_POLL_S = 0.05
 
 
 class StageUnavailable(Exception):
@@ -31,19 +36,48 @@ class Bus:
         self.pull: zmq.asyncio.Socket | None = None
         self.dropped_frames = 0
         self._reader: asyncio.Task | None = None
+        # Connection events of each stage's socket: a worker's process that dies (kill -9, a crash)
+        # closes its connection at once, long before its heartbeats are missed. A hung one does not.
+        self.monitors: dict[str, zmq.Socket] = {}
+        self._watcher: asyncio.Task | None = None
+        self.curve: CurveServer | None = None  # CURVE keys and ZAP handlers, when the bus uses them
 
-    def start(self, on_message: Callable[[Envelope, list[bytes]], None]) -> None:
+    def start(self, on_message: Callable[[Envelope, list[bytes]], None],
+              on_peer: Callable[[str, bool], None] = lambda stage, joined: None) -> None:
+        endpoints = {stage: stage_endpoint(stage, self.environ) for stage in STAGES}
+        events = events_endpoint(self.environ)
+        # tcp:// (any non-ipc) endpoints require CURVE keys: a ConfigError names the missing setting.
+        # Checked before any socket exists, so a refused start leaves nothing bound.
+        self.curve = CurveServer.load(self.environ, [*endpoints.values(), events])
         ensure_run_dir(run_dir(self.environ))
         for stage in STAGES:
             sock = self.send_ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 100)
-            sock.bind(stage_endpoint(stage, self.environ))
+            if self.curve:
+                self.curve.secure(sock)
+            self.monitors[stage] = sock.get_monitor_socket(PEER_EVENTS)
+            sock.bind(endpoints[stage])
             self.push[stage] = sock
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.bind(events_endpoint(self.environ))
+        if self.curve:
+            self.curve.secure(self.pull)
+        self.pull.bind(events)
         self._reader = asyncio.create_task(self._read(on_message), name="bus-reader")
+        self._watcher = asyncio.create_task(self._watch(on_peer), name="bus-peer-watcher")
+
+    async def _watch(self, on_peer) -> None:
+        """Report each worker that connects to (True) or leaves (False) a stage's socket."""
+        while True:
+            for stage, monitor in self.monitors.items():
+                while monitor.poll(0):
+                    event = recv_monitor_message(monitor)["event"]
+                    try:
+                        on_peer(stage, event == zmq.EVENT_ACCEPTED)
+                    except Exception:  # one bad callback must not stop the watcher
+                        log.exception("handling a %s connection event failed", stage)
+            await asyncio.sleep(MONITOR_POLL_S)
 
     async def _read(self, on_message) -> None:
         while True:
@@ -67,14 +101,20 @@ class Bus:
             raise StageUnavailable(f"no {stage} worker is connected or its queue is full") from None
 
     async def close(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
+        for task in (self._reader, self._watcher):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        for stage, sock in self.push.items():
+            sock.disable_monitor()
+            self.monitors[stage].close(linger=0)
         for sock in [*self.push.values(), self.pull]:
             if sock is not None:
                 sock.close(linger=0)
+        if self.curve:
+            self.curve.stop()  # after the sockets: without a ZAP handler any key would get in
         self.ctx.term()
         self.send_ctx.term()

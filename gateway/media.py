@@ -3,6 +3,15 @@
 The container is chosen from the file's magic bytes (never ffmpeg's probing), ffmpeg reads
 only from a pipe (protocol whitelist), runs in its own process group under a time limit, and
 its whole group is killed on timeout.
+
+A recording cut short (an upload that stopped part-way, a blob missing its last bytes) is a
+400 "incomplete or damaged", never a silently shorter turn. ffmpeg alone does not say so: it
+decodes what it can and exits 0, its Ogg demuxer silently drops a partial last page, and its
+Matroska demuxer only logs "File ended prematurely". So the container's own framing is checked
+first (every WebM/EBML element with a declared size, and every Ogg page, must end inside the
+upload; every Ogg stream must end with an end-of-stream page), and that ffmpeg message is the
+second line of defence. Neither relies on a declared duration, which a browser's MediaRecorder
+WebM does not have (it writes its Segment and Clusters with "unknown size").
 """
 
 from __future__ import annotations
@@ -15,6 +24,15 @@ SAMPLE_RATE = 16000
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 MIN_UPLOAD_BYTES = 100  # the original's empty-blob guard
 MIN_AUDIO_S = 0.1
+INCOMPLETE = "The recording is incomplete or damaged (it stops before its end); please record it again."
+# What ffmpeg prints (at -loglevel error) when its input stops inside an element or before the
+# headers are complete. The Matroska message has read the same since 2011.
+TRUNCATION_MARKERS = ("File ended prematurely", "pipe:0: End of file")
+# The framing walk is linear in the number of elements/pages: a minute of 20 ms Opus frames is
+# about 3,000. Past this many (15 minutes of frames, or a crafted file of tiny elements) it stops
+# and leaves the verdict to ffmpeg, so any upload costs at most about 0.1 s of CPU here, spent in
+# a worker thread rather than on the event loop.
+MAX_FRAMING_STEPS = 50_000
 
 
 class MediaError(Exception):
@@ -35,11 +53,93 @@ def sniff_format(data: bytes) -> str:
     raise MediaError(415, "Unsupported audio format: send webm, ogg or wav.")
 
 
+def _vint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(length, value bits) of the EBML variable-size integer at `pos`; None past the end.
+    Raises ValueError for a byte that cannot start one (0x00)."""
+    first = data[pos]
+    if first == 0:
+        raise ValueError("not an EBML number")
+    length = 9 - first.bit_length()
+    if pos + length > len(data):
+        return None
+    return length, int.from_bytes(data[pos : pos + length], "big") & ((1 << (7 * length)) - 1)
+
+
+def _ebml_truncated(data: bytes) -> bool | None:
+    """True when an EBML (WebM/Matroska) element runs past the end of `data`; False when every
+    element ends inside it; None when this is not well-formed EBML (ffmpeg decides then).
+
+    Elements of known size are skipped whole; an element of unknown size (all value bits set,
+    as a live writer such as MediaRecorder writes its Segment and Clusters) is entered, since
+    its children follow it and it ends where the file does."""
+    pos, end = 0, len(data)
+    for _ in range(MAX_FRAMING_STEPS):
+        if pos == end:
+            return False
+        try:
+            ident = _vint(data, pos)
+            if ident is None:
+                return True  # cut inside an element ID
+            if ident[0] > 4:
+                return None  # EBML IDs are at most 4 bytes long
+            size = _vint(data, pos + ident[0]) if pos + ident[0] < end else None
+        except ValueError:
+            return None
+        if size is None:
+            return True  # cut inside an element header
+        length, value = size
+        pos += ident[0] + length
+        if value != (1 << (7 * length)) - 1:  # a known size: the whole element must be here
+            pos += value
+            if pos > end:
+                return True
+    return None
+
+
+def _ogg_truncated(data: bytes) -> bool | None:
+    """True when an Ogg page runs past the end of `data` or a logical stream has no
+    end-of-stream page; False when the file ends with every stream closed; None when this is
+    not well-formed Ogg framing (ffmpeg decides then)."""
+    pos, end, unfinished = 0, len(data), set()
+    for _ in range(MAX_FRAMING_STEPS):
+        if pos == end:
+            return bool(unfinished)
+        if data[pos : pos + 4] != b"OggS"[: end - pos]:
+            return None
+        if pos + 27 > end:
+            return True  # cut inside a page header
+        if data[pos + 4] != 0:
+            return None  # Ogg version 0 is the only one
+        flags, serial, segments = data[pos + 5], data[pos + 14 : pos + 18], data[pos + 26]
+        body = pos + 27 + segments
+        if body > end:
+            return True  # cut inside the segment table
+        pos = body + sum(data[pos + 27 : body])
+        if pos > end:
+            return True  # cut inside the page's packets
+        if flags & 0x04:  # end of stream
+            unfinished.discard(serial)
+        else:
+            unfinished.add(serial)
+    return None
+
+
+def container_truncated(data: bytes, fmt: str) -> bool:
+    """Whether the container's own framing shows that `data` stops before its end."""
+    if fmt == "matroska":
+        return bool(_ebml_truncated(data))
+    if fmt == "ogg":
+        return bool(_ogg_truncated(data))
+    return False
+
+
 async def decode_to_pcm(data: bytes, max_audio_s: float, timeout_s: float = 20.0) -> bytes:
     """Raw s16le mono 16 kHz PCM, or MediaError with an HTTP status and a readable message."""
     if len(data) < MIN_UPLOAD_BYTES:
         raise MediaError(400, "The recording is empty or too short.")
     fmt = sniff_format(data)
+    if await asyncio.to_thread(container_truncated, data, fmt):
+        raise MediaError(400, INCOMPLETE)
     command = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
         "-protocol_whitelist", "pipe", "-f", fmt, "-i", "pipe:0",
@@ -62,8 +162,11 @@ async def decode_to_pcm(data: bytes, max_audio_s: float, timeout_s: float = 20.0
             except ProcessLookupError:
                 pass
             await proc.wait()
+    messages = err.decode(errors="replace")
+    if any(marker in messages for marker in TRUNCATION_MARKERS):
+        raise MediaError(400, INCOMPLETE)  # ffmpeg exits 0 on a cut WebM, with what it could read
     if proc.returncode != 0 or not pcm:
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
+        detail = messages.strip().splitlines()[-1:] or ["no audio stream"]
         raise MediaError(400, f"The audio could not be decoded ({detail[0][:200]}).")
     pcm = pcm[: len(pcm) // 2 * 2]
     seconds = len(pcm) / BYTES_PER_SECOND

@@ -14,9 +14,12 @@ class GatewaySettings:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_audio_s: float = 60.0
     upload_ttl_s: float = 120.0  # uploads never streamed are dropped after this
-    stage_wait_s: float = 30.0  # how long a turn waits for a stage that is still loading
+    # how long a turn waits for a stage that is loading, or restarting after its process went away
+    stage_wait_s: float = 90.0
     stage_timeout_s: float = 60.0  # longest silence from the stage a turn is waiting on
     queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
+    stuck_after_s: float = 30.0  # a stage busy this long without any result is stuck
+    max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -31,4 +34,6 @@ class GatewaySettings:
             stage_wait_s=s.get_float("STAGE_WAIT_S", d.stage_wait_s),
             stage_timeout_s=s.get_float("STAGE_TIMEOUT_S", d.stage_timeout_s),
             queue_timeout_s=s.get_float("QUEUE_TIMEOUT_S", d.queue_timeout_s),
+            stuck_after_s=s.get_float("STUCK_AFTER_S", d.stuck_after_s),
+            max_turns_per_client=s.get_int("MAX_TURNS_PER_CLIENT", d.max_turns_per_client),
         )

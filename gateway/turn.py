@@ -65,6 +65,9 @@ class TurnState:
         self.llm_done: LlmDone | None = None
         self.timing: dict[str, float] = {}
         self.ended = False
+        # kept until the turn ends, to send again if the stage that holds it is restarted
+        self.pcm = b""
+        self.llm_request: LlmRequest | None = None
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -84,6 +87,7 @@ class TurnState:
 
     def _end_error(self, message: str, stage: str | None) -> list[Action]:
         self.ended = True
+        self.pcm, self.llm_request = b"", None
         data = {"message": message}
         if stage:
             data["stage"] = stage
@@ -92,7 +96,22 @@ class TurnState:
     # --- inputs --------------------------------------------------------------------------------
 
     def start(self, pcm: bytes) -> list[Action]:
+        self.pcm = pcm
         return [Send("asr", self._ids(AsrRequest(sample_rate=16000)), (pcm,))]
+
+    def requests_on(self, stage: str) -> list[Send]:
+        """The turn's requests the stage has not finished, as they were sent. Sent again to a
+        restarted stage, what already came back is dropped: sentences and parts by their index."""
+        if self.ended:
+            return []
+        if stage == "asr" and self.phase == "asr":
+            return [Send("asr", self._ids(AsrRequest(sample_rate=16000)), (self.pcm,))]
+        if stage == "llm" and self.phase == "llm" and self.llm_done is None and self.llm_request:
+            return [Send("llm", self.llm_request)]
+        if stage == "tts":
+            return [Send("tts", self._ids(TtsRequest(index=i, text=s.text, voice=self.voice)))
+                    for i, s in enumerate(self.sentences) if s.total_parts is None]
+        return []
 
     def on_message(self, message: Envelope, payload: list[bytes]) -> list[Action]:
         if self.ended or (message.session, message.turn) != (self.session, self.turn):
@@ -137,8 +156,10 @@ class TurnState:
             return actions + self._end_error("No speech was recognized. Please try again.", "asr")
         self.phase = "llm"
         history = [*self.history, ChatMessage("user", self.user_text)]
-        request = LlmRequest(persona=self.persona, history=history, max_new_tokens=self.max_new_tokens)
-        return actions + [Send("llm", self._ids(request))]
+        self.llm_request = self._ids(LlmRequest(persona=self.persona, history=history,
+                                                max_new_tokens=self.max_new_tokens))
+        self.pcm = b""
+        return actions + [Send("llm", self.llm_request)]
 
     def _on_sentence(self, message: LlmSentence) -> list[Action]:
         if message.index != len(self.sentences):
@@ -194,6 +215,7 @@ class TurnState:
 
     def _finish(self) -> list[Action]:
         self.ended = True
+        self.pcm, self.llm_request = b"", None
         reply = self.llm_done.full_text if self.llm_done else ""
         self.timing["total"] = round(self.clock() - self.started, 4)
         done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing)}

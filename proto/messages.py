@@ -170,7 +170,9 @@ def decode(frames: list[bytes]) -> tuple[Envelope, list[bytes]]:
         raise ProtocolError("empty message")
     try:
         message = _decoder.decode(frames[0])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    # msgspec reports a string that is not UTF-8 (UnicodeDecodeError) and nesting deeper than the
+    # recursion limit (RecursionError) with builtin exceptions, not as a DecodeError.
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"bad header: {exc}") from None
     if message.v != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {message.v}, expected {PROTOCOL_VERSION}")

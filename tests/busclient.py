@@ -17,6 +17,9 @@ class BusClient:
         for stage in STAGES:
             sock = self.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
+            # A worker that stopped reading fails the send (zmq.Again) instead of hanging the test,
+            # where a timeout's signal cannot reach a thread blocked inside libzmq.
+            sock.setsockopt(zmq.SNDTIMEO, 10_000)
             sock.bind(stage_endpoint(stage, environ))
             self.push[stage] = sock
         self.pull = self.ctx.socket(zmq.PULL)

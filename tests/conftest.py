@@ -2,6 +2,9 @@
 
 import pytest
 
+# the gateway under test and its scripted stages (bus_env, make_client, stages)
+pytest_plugins = ["tests.gateway_harness"]
+
 # --- tiny random-weight models (tests/fixtures/tiny_models.py) ---------------------------
 # Built once per session, offline, in seconds; see that module for what each model does.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ("gateway", "asr", "llm", "tts")
+
+
+def tiny_env(tiny_whisper, tiny_qwen2, tiny_kokoro) -> dict[str, str]:
+    """Settings that run the product on the tiny random-weight models of tests/conftest.py."""
+    return {
+        "S2S_ASR_BACKEND": "openai-whisper", "S2S_ASR_MODEL": str(tiny_whisper),
+        "S2S_LLM_MODEL": str(tiny_qwen2),
+        "S2S_LLM_DEVICE": "cpu",
+        "S2S_TTS_MODEL_PATH": str(tiny_kokoro["model_path"]),
+        "S2S_TTS_CONFIG_PATH": str(tiny_kokoro["config_path"]),
+        "S2S_TTS_VOICES_DIR": str(tiny_kokoro["voices_dir"]),
+        "S2S_ASR_THREADS": "1", "S2S_LLM_THREADS": "1", "S2S_TTS_THREADS": "1",
+    }
 
 
 def free_port() -> int:
@@ -107,3 +121,13 @@ class Product:
             except (ProcessLookupError, ValueError, PermissionError):
                 pass
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextmanager
+def running(env: dict[str, str]):
+    """The product started with these settings, stopped (with everything it started) afterwards."""
+    product = Product(env)
+    try:
+        yield product.start()
+    finally:
+        product.stop()

@@ -3,72 +3,20 @@
 import asyncio
 import base64
 import io
-import shutil
 import subprocess
-import tempfile
 import wave
 
 import pytest
 from aiohttp import FormData
 
-from gateway.app import create_app
-from gateway.bus import Bus
 from gateway.settings import GatewaySettings
 from tests.audio import tone_wav
 from tests.fakes.fake_stages import FakeStages
+from tests.gateway_harness import SETTINGS, eventually, turn, wait_ready
+from tests.recordings import CUTS, cut, ffmpeg_children, tone_recording
 from tests.sse import parse_sse
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def bus_env():
-    run_dir = tempfile.mkdtemp(prefix="s2s-g-")
-    yield {"S2S_RUN_DIR": run_dir}
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-SETTINGS = GatewaySettings(max_upload_bytes=200_000, max_audio_s=3.0, stage_wait_s=0.5, stage_timeout_s=5.0)
-
-
-@pytest.fixture
-async def make_client(aiohttp_client, bus_env):
-    async def make(settings=SETTINGS):
-        return await aiohttp_client(create_app(settings, bus=Bus(bus_env)))
-
-    return make
-
-
-@pytest.fixture
-def stages(bus_env):
-    with FakeStages(bus_env) as fake:
-        yield fake
-
-
-async def wait_ready(client):
-    for _ in range(100):
-        if (await client.get("/readyz")).status == 200:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("gateway never became ready")
-
-
-async def eventually(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def turn(client, audio=None, persona="wildlife_expert"):
-    resp = await client.post(f"/upload?persona={persona}", data=audio or tone_wav(1.0),
-                             headers={"Content-Type": "audio/wav"})
-    assert resp.status == 200, await resp.text()
-    session_id = (await resp.json())["session_id"]
-    stream = await client.get(f"/stream/{session_id}")
-    assert stream.headers["Content-Type"].startswith("text/event-stream")
-    return session_id, parse_sse(await stream.text())
 
 
 async def test_page_and_config(make_client):
@@ -198,12 +146,17 @@ async def test_bad_uploads_get_clear_json_errors(make_client, body, status, word
     assert words in (await resp.json())["error"]
 
 
-async def test_truncated_webm_is_rejected_or_decoded_partially(make_client):
+@pytest.mark.parametrize("where", list(CUTS))
+@pytest.mark.parametrize("container", ["webm", "live-webm", "ogg"])
+async def test_a_recording_cut_short_is_a_clear_400(make_client, container, where, tmp_path, monkeypatch):
+    # "live-webm" is laid out as a browser's MediaRecorder writes it (unknown sizes, no duration)
     client = await make_client()
-    data = webm_bytes(2.0)
-    resp = await client.post("/upload", data=data[: len(data) // 8])
-    assert resp.status in (200, 400)  # a cut recording either yields what it holds or a clear error
-    assert "session_id" in await resp.json() or "error" in await resp.json()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # anything the decode writes would land here
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    resp = await client.post("/upload", data=cut(tone_recording(container), where))
+    assert resp.status == 400
+    assert "incomplete or damaged" in (await resp.json())["error"]
+    assert not ffmpeg_children() and not list(tmp_path.iterdir())
 
 
 async def test_oversized_upload_is_413(make_client):
@@ -294,3 +247,47 @@ def test_a_stage_is_progressing_only_while_it_answers_some_turn():
     board.result_seen("tts")
     now[0] += 4.0  # no heartbeat for 4 s: down, whatever it answered before
     assert board.state("tts") == "down" and not board.progressing("tts", 5.0)
+
+
+async def test_a_second_stream_of_a_live_session_is_409(make_client, stages):
+    stages.tts_delay = 0.5
+    client = await make_client()
+    await wait_ready(client)
+    session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
+    first = await client.get(f"/stream/{session_id}")
+    assert b"transcript" in await first.content.readuntil(b"\n\n")  # live
+    second = await client.get(f"/stream/{session_id}")
+    assert second.status == 409 and "already" in (await second.json())["error"]
+    events = parse_sse(await first.text())
+    assert events[-1][0] == "done"  # the first stream is not disturbed
+
+
+async def test_too_many_turns_at_once_from_one_client_is_429(make_client, stages):
+    client = await make_client(GatewaySettings(**{**SETTINGS.__dict__, "max_turns_per_client": 2}))
+    await wait_ready(client)
+    waiting = [(await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"] for _ in range(2)]
+    resp = await client.post("/upload", data=tone_wav(1.0))
+    assert resp.status == 429 and resp.headers["Retry-After"] == "1"
+    assert "Too many turns" in (await resp.json())["error"]
+    for session_id in waiting:  # once they are answered, the client may ask again
+        assert parse_sse(await (await client.get(f"/stream/{session_id}")).text())[-1][0] == "done"
+    assert (await client.post("/upload", data=tone_wav(1.0))).status == 200
+
+
+async def test_shutdown_ends_open_streams_with_an_error_and_refuses_new_turns(make_client, stages):
+    from gateway.app import GATEWAY
+
+    stages.tts_delay = 0.5
+    client = await make_client()
+    await wait_ready(client)
+    session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
+    stream = await client.get(f"/stream/{session_id}")
+    first = await stream.content.readuntil(b"\n\n")
+    gateway = client.server.app[GATEWAY]
+    await gateway.shutdown(client.server.app)  # what aiohttp runs on SIGTERM
+    events = parse_sse(first.decode() + await stream.text())
+    assert [name for name, _ in events] == ["transcript", "error"]
+    assert "shutting down" in events[-1][1]["message"]
+    assert not gateway.live
+    resp = await client.post("/upload", data=tone_wav(1.0))
+    assert resp.status == 503 and "shutting down" in (await resp.json())["error"]

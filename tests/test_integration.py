@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.audio import spoken_wav
-from tests.product import PROGRAMS, Product
+from tests.product import PROGRAMS, running, tiny_env
 from tests.sse import parse_sse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -21,20 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def product(tiny_whisper, tiny_qwen2, tiny_kokoro):
-    env = {
-        "S2S_ASR_BACKEND": "openai-whisper", "S2S_ASR_MODEL": str(tiny_whisper),
-        "S2S_LLM_MODEL": str(tiny_qwen2),
-        "S2S_LLM_DEVICE": "cpu",
-        "S2S_TTS_MODEL_PATH": str(tiny_kokoro["model_path"]),
-        "S2S_TTS_CONFIG_PATH": str(tiny_kokoro["config_path"]),
-        "S2S_TTS_VOICES_DIR": str(tiny_kokoro["voices_dir"]),
-        "S2S_ASR_THREADS": "1", "S2S_LLM_THREADS": "1", "S2S_TTS_THREADS": "1",
-    }
-    running = Product(env)
-    try:
-        yield running.start()
-    finally:
-        running.stop()
+    with running(tiny_env(tiny_whisper, tiny_qwen2, tiny_kokoro)) as product:
+        yield product
 
 
 @pytest.fixture(scope="module")

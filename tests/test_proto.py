@@ -90,6 +90,9 @@ def test_unknown_fields_are_ignored_for_forward_compatibility():
         [msgspec.msgpack.encode([1, 2, 3])],
         encode(AsrRequest(), b"\x00\x00")[:1],  # payload frame missing
         encode(StageBye(stage="x")) + [b"extra"],  # unexpected payload
+        [msgspec.msgpack.encode({"tag": "stage.bye", "v": 1, "stage": msgspec.Raw(b"\xa1\xff")})],  # not UTF-8
+        [msgspec.msgpack.encode({"tag": "stage.bye", "v": 1, "stage": "x",
+                                 "later": msgspec.Raw(b"\x91" * 5000 + b"\xc0")})],  # nested too deep
     ],
 )
 def test_malformed_frames_raise_protocol_error(frames):

@@ -1,11 +1,9 @@
 """The shared worker runtime over real ipc sockets, with a scripted stage in a real process."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,48 +11,22 @@ import pytest
 from proto import StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsAudio, TtsDone, TtsRequest
 from proto import TurnCancel
 from services.runtime.errors import EXIT_CONFIG
-from tests.busclient import BusClient
+from tests.worker_process import ROOT, WorkerProcess, private_run_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def run_env(tmp_path_factory):
-    # ipc paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
-    import tempfile
-
-    run_dir = tempfile.mkdtemp(prefix="s2s-t-")
-    env = {**os.environ, "S2S_RUN_DIR": run_dir, "PYTHONPATH": str(ROOT)}
-    yield env
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
+def run_env():
+    with private_run_dir() as env:
+        yield env
 
 
-class Worker:
-    def __init__(self, env, bus_after_s=0.0, **extra):
-        self.env = {**env, **extra}
-        if not bus_after_s:
-            self.bus = BusClient(self.env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.scripted_stage"], env=self.env, cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if bus_after_s:  # the gateway comes up after the worker
-            time.sleep(bus_after_s)
-            self.bus = BusClient(self.env)
-
-    def ready(self):
-        self.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20)
-        return self
+class Worker(WorkerProcess):
+    """The scripted TTS stage (tests/fakes/scripted_stage.py): request text is its script."""
 
     def request(self, text, turn=1, index=0, session="s1", **kw):
         self.bus.send("tts", TtsRequest(index=index, text=text, voice="af_heart", session=session, turn=turn, **kw))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        self.bus.close()
 
 
 @pytest.fixture
@@ -62,7 +34,7 @@ def worker(run_env):
     workers = []
 
     def start(bus_after_s=0.0, **extra):
-        w = Worker(run_env, bus_after_s, **extra)
+        w = Worker(run_env, bus_after_s=bus_after_s, **extra)
         workers.append(w)
         return w
 
@@ -192,7 +164,7 @@ def test_a_stage_that_cannot_load_exits_78_with_the_reason(worker):
     error = w.bus.wait_for(lambda m: isinstance(m, StageError), timeout=20)
     assert error.kind == "load_failed" and "/nonexistent" in error.message
     assert w.proc.wait(10) == EXIT_CONFIG
-    assert b"/nonexistent" in w.proc.stdout.read()
+    assert "/nonexistent" in w.output()
 
 
 def test_unknown_backend_is_a_config_error(run_env):

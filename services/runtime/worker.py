@@ -25,6 +25,7 @@ import zmq
 import proto
 from proto import Envelope, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady
 from proto import TurnCancel
+from services.runtime import curve
 from services.runtime.endpoints import ensure_run_dir, events_endpoint, run_dir, stage_endpoint
 from services.runtime.errors import EXIT_CONFIG, BadRequest, ConfigError
 from services.runtime.settings import StageSettings
@@ -78,7 +79,8 @@ class TurnBook:
 
     def note(self, session: str, turn: int) -> None:
         with self._lock:
-            if turn >= self._latest.get(session, -1):
+            # A session's first turn is noted whatever its number (a negative one too).
+            if turn >= self._latest.get(session, turn):
                 self._latest[session] = turn
             self._latest.move_to_end(session)
             while len(self._latest) > self._capacity:
@@ -179,8 +181,10 @@ class Worker:
     def _io_loop(self) -> None:
         pull = self._ctx.socket(zmq.PULL)
         push = self._ctx.socket(zmq.PUSH)
+        keys = curve.worker_keys(self.settings, self.stage.name)  # None: plain ipc (checked in main)
         for sock in (pull, push):
             sock.setsockopt(zmq.LINGER, 0)
+            curve.secure_client(sock, keys)  # tcp: authenticated to the gateway with CURVE
         # Nothing stale is queued for a gateway that is not there (or restarts).
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, 1000)
@@ -196,7 +200,7 @@ class Worker:
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
                 for sock, _ in poller.poll(min(timeout_ms, 200)):
                     if sock is pull:
-                        self._receive(pull.recv_multipart(copy=True), push)
+                        self._receive_safely(pull.recv_multipart(copy=True), push)
                     else:
                         self._forward_outbox(push)
                 if self._retry:
@@ -246,6 +250,15 @@ class Worker:
             if not self._forward(frames, self._push) and time.monotonic() < expires:
                 return
             self._retry.pop(0)
+
+    def _receive_safely(self, frames: list[bytes], push: zmq.Socket) -> None:
+        """One frame that trips a bug must not end the I/O thread: the process would live on, deaf
+        and without heartbeats, so its supervisor would never restart it."""
+        try:
+            self._receive(frames, push)
+        except Exception:
+            self.dropped_frames += 1
+            log.exception("dropped a frame that could not be handled")
 
     def _receive(self, frames: list[bytes], push: zmq.Socket) -> None:
         try:
@@ -400,6 +413,7 @@ def main(stage_factory) -> None:
     configure_logging()
     try:
         settings = StageSettings.load(stage_factory.name)
+        curve.worker_keys(settings, stage_factory.name)  # tcp endpoints without CURVE keys: refused
         apply_cpu_settings(settings)
         stage = stage_factory(settings)
     except ConfigError as exc:

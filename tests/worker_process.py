@@ -1,0 +1,59 @@
+"""A stage worker in its own process on a private ipc run dir, with a BusClient as its gateway."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from proto import StageReady
+from tests.busclient import BusClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def private_run_dir():
+    """The environment of a worker whose bus lives in a fresh run dir, removed afterwards."""
+    # ipc paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
+    run_dir = tempfile.mkdtemp(prefix="s2s-t-")
+    try:
+        yield {**os.environ, "S2S_RUN_DIR": run_dir, "PYTHONPATH": str(ROOT)}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class WorkerProcess:
+    """`python -m <module>` (a stage's entry point) with env; bus_after_s: the gateway comes up later."""
+
+    def __init__(self, env, module: str = "tests.fakes.scripted_stage", bus_after_s: float = 0.0, **extra):
+        self.env = {**env, **extra}
+        if not bus_after_s:
+            self.bus = BusClient(self.env)
+        # Its output goes to a file, not a pipe that nobody drains: a worker that logs every frame
+        # it drops would block on a full pipe, and look hung.
+        self.log_path = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=self.env["S2S_RUN_DIR"])[1])
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", module], env=self.env, cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        if bus_after_s:
+            time.sleep(bus_after_s)
+            self.bus = BusClient(self.env)
+
+    def ready(self, timeout: float = 20):
+        self.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=timeout)
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        self.bus.close()
