@@ -291,3 +291,14 @@ async def test_shutdown_ends_open_streams_with_an_error_and_refuses_new_turns(ma
     assert not gateway.live
     resp = await client.post("/upload", data=tone_wav(1.0))
     assert resp.status == 503 and "shutting down" in (await resp.json())["error"]
+
+
+async def test_the_page_never_inserts_server_text_as_html(make_client):
+    """Transcripts and replies (what a stage or a crafted upload can make them say) go into the
+    page as text: no HTML-parsing sink appears anywhere in the page's code."""
+    client = await make_client()
+    page = await (await client.get("/")).text()
+    script = await (await client.get("/static/app.js")).text()
+    assert "textContent" in script
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script and sink not in page, sink
