@@ -10,7 +10,7 @@ from proto import Envelope, StageBye, StageError, StageHeartbeat, StageHello, St
 from services.runtime.endpoints import STAGES
 
 DOWN_AFTER_S = 3.0  # three missed one-second heartbeats
-STUCK_AFTER_S = 30.0  # busy this long without a result for any turn
+STUCK_AFTER_S = 120.0  # busy this long without a result for any turn (a long sentence on one loaded core takes over 30 s)
 
 
 @dataclass

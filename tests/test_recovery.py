@@ -2,7 +2,7 @@
 which requests go again after a stage instance goes away, when a turn gives up, and why."""
 
 from gateway.recovery import Recovery
-from gateway.stages import StageBoard
+from gateway.stages import STUCK_AFTER_S, StageBoard
 from gateway.turn import Emit, Send
 from proto import AsrFinal, LlmSentence, StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsDone
 from tests.test_turn import Clock, audio, events, ids, new_turn
@@ -173,7 +173,7 @@ def test_the_board_ignores_a_gone_instance_and_reports_a_stuck_one():
     board.peer("tts", True)
     assert board.state("tts") == "ready" and board.instance("tts") == "tts-b"
     board.result_seen("tts")
-    for _ in range(31):
+    for _ in range(int(STUCK_AFTER_S) + 1):
         tick(clock, board, 1, "tts")
         beat(board, "tts", "tts-b", state="busy", busy_ms=int((clock.now - 101) * 1000))
     assert board.state("tts") == "stuck"
