@@ -35,6 +35,8 @@ TICK_S = 0.25  # how often a waiting stream checks for disconnects and timeouts
 PING_S = 15.0
 SHUTDOWN_GRACE_S = 3.0  # for open streams to send their error event; well within supervisor's stopwaitsecs
 GATEWAY = web.AppKey("gateway", "Gateway")
+CANCELLED = "The turn was cancelled."
+SHUTTING_DOWN = "The assistant is shutting down. Please try again in a moment."
 
 
 @dataclass
@@ -54,9 +56,9 @@ class LiveTurn:
     inbox: asyncio.Queue
     client: str = ""
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    cancel_reason: str = "The turn was cancelled."
+    cancel_reason: str = CANCELLED
 
-    def cancel(self, reason: str = "The turn was cancelled.") -> None:
+    def cancel(self, reason: str = CANCELLED) -> None:
         self.cancel_reason = reason
         self.cancelled.set()
         self.inbox.put_nowait(None)  # wake the stream that waits on the inbox
@@ -169,7 +171,7 @@ class Gateway:
         if request.content_length is not None and request.content_length > self.settings.max_upload_bytes:
             return json_error(413, "The recording is too large.")
         if self.shutting_down:
-            return json_error(503, "The assistant is shutting down. Please try again in a moment.")
+            return json_error(503, SHUTTING_DOWN)
         client = request.remote or ""
         self._expire_uploads()
         if self._turns_of(client) >= self.settings.max_turns_per_client:
@@ -227,7 +229,7 @@ class Gateway:
         """On SIGTERM: every open stream gets an error event before the process exits."""
         self.shutting_down = True
         for turn in list(self.live.values()):
-            turn.cancel("The assistant is shutting down. Please try again in a moment.")
+            turn.cancel(SHUTTING_DOWN)
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         while self.live and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -260,7 +262,7 @@ class Gateway:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         session_id = request.match_info["session_id"]
         if self.shutting_down:
-            return json_error(503, "The assistant is shutting down. Please try again in a moment.")
+            return json_error(503, SHUTTING_DOWN)
         claimed = self.claim_upload(session_id)
         if isinstance(claimed, web.Response):
             return claimed
@@ -321,10 +323,10 @@ class Gateway:
                 pending.extend(state.on_message(*item))
             if pending:
                 continue
-            resent = recovery.resent_requests
-            pending.extend(recovery.check(state))
-            if recovery.resent_requests != resent:
-                self.resent_requests += recovery.resent_requests - resent
+            actions = recovery.check(state)
+            pending.extend(actions)
+            if resent := sum(isinstance(a, Send) for a in actions):  # the rest end the turn
+                self.resent_requests += resent
                 last_progress = time.monotonic()
             elif not recovery.waiting() and self._timed_out(state, last_progress):
                 pending.extend(state.on_timeout())

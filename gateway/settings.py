@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.stages import STUCK_AFTER_S
 from services.runtime.settings import StageSettings
 
 
@@ -18,7 +19,7 @@ class GatewaySettings:
     stage_wait_s: float = 90.0
     stage_timeout_s: float = 60.0  # longest silence from the stage a turn is waiting on
     queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
-    stuck_after_s: float = 120.0  # a stage busy this long without any result is stuck
+    stuck_after_s: float = STUCK_AFTER_S  # a stage busy this long without any result is stuck
     max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
 
     @classmethod

@@ -85,9 +85,12 @@ class TurnState:
             return "llm"
         return "tts"
 
-    def _end_error(self, message: str, stage: str | None) -> list[Action]:
+    def _end(self) -> None:
         self.ended = True
-        self.pcm, self.llm_request = b"", None
+        self.pcm, self.llm_request = b"", None  # nothing will be sent again
+
+    def _end_error(self, message: str, stage: str | None) -> list[Action]:
+        self._end()
         data = {"message": message}
         if stage:
             data["stage"] = stage
@@ -97,7 +100,7 @@ class TurnState:
 
     def start(self, pcm: bytes) -> list[Action]:
         self.pcm = pcm
-        return [Send("asr", self._ids(AsrRequest(sample_rate=16000)), (pcm,))]
+        return self.requests_on("asr")
 
     def requests_on(self, stage: str) -> list[Send]:
         """The turn's requests the stage has not finished, as they were sent. Sent again to a
@@ -109,8 +112,7 @@ class TurnState:
         if stage == "llm" and self.phase == "llm" and self.llm_done is None and self.llm_request:
             return [Send("llm", self.llm_request)]
         if stage == "tts":
-            return [Send("tts", self._ids(TtsRequest(index=i, text=s.text, voice=self.voice)))
-                    for i, s in enumerate(self.sentences) if s.total_parts is None]
+            return [self._tts_request(i) for i, s in enumerate(self.sentences) if s.total_parts is None]
         return []
 
     def on_message(self, message: Envelope, payload: list[bytes]) -> list[Action]:
@@ -165,8 +167,11 @@ class TurnState:
         if message.index != len(self.sentences):
             return []  # duplicate or out of order: never speak a sentence twice
         self.sentences.append(_Sentence(message.text))
-        request = TtsRequest(index=message.index, text=message.text, voice=self.voice)
-        return [Send("tts", self._ids(request))]
+        return [self._tts_request(message.index)]
+
+    def _tts_request(self, index: int) -> Send:
+        request = TtsRequest(index=index, text=self.sentences[index].text, voice=self.voice)
+        return Send("tts", self._ids(request))
 
     def _sentence(self, index: int) -> _Sentence | None:
         return self.sentences[index] if 0 <= index < len(self.sentences) else None
@@ -214,8 +219,7 @@ class TurnState:
         return Emit("chunk", data)
 
     def _finish(self) -> list[Action]:
-        self.ended = True
-        self.pcm, self.llm_request = b"", None
+        self._end()
         reply = self.llm_done.full_text if self.llm_done else ""
         self.timing["total"] = round(self.clock() - self.started, 4)
         done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing)}

@@ -38,14 +38,10 @@ class Reply:
     seen: torch.Tensor | None = None  # [vocab] bool: tokens in the prompt or the reply so far
 
 
-def _layers(cache: DynamicCache):
-    return cache.layers
-
-
 def _left_pad(cache: DynamicCache, pad: int) -> None:
     if pad <= 0:
         return
-    for layer in _layers(cache):
+    for layer in cache.layers:
         layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, pad, 0))
         layer.values = torch.nn.functional.pad(layer.values, (0, 0, pad, 0))
 
@@ -155,7 +151,7 @@ class DecodeBatcher:
             self._mask = torch.nn.functional.pad(self._mask, (grow, 0))
             batch_len = reply.length
         _left_pad(reply.cache, batch_len - reply.length)
-        for mine, theirs in zip(_layers(self._cache), _layers(reply.cache)):
+        for mine, theirs in zip(self._cache.layers, reply.cache.layers):
             mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
             mine.values = torch.cat([mine.values, theirs.values], dim=0)
         row = torch.zeros((1, batch_len), dtype=torch.long, device=device)
@@ -223,7 +219,7 @@ class DecodeBatcher:
         # long as its longest reply
         first_real = int(self._mask.argmax(dim=1).min())
         self._mask = self._mask[:, first_real:]
-        for layer in _layers(self._cache):
+        for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, first_real:]
             layer.values = layer.values.index_select(0, index)[:, :, first_real:]
 
