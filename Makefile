@@ -1,5 +1,5 @@
 # Shortcuts; each target runs the script named in it.
-.PHONY: run test bench
+.PHONY: run test bench bench-workers
 
 run:
 	bash scripts/run.sh
@@ -9,3 +9,6 @@ test:
 
 bench:
 	bash scripts/bench.sh
+
+bench-workers:
+	bash scripts/bench_workers.sh

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
 
@@ -11,28 +10,20 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.runtime.errors import EXIT_CONFIG, ConfigError
+from services.runtime.net import is_loopback_host
+from services.runtime.logs import configure_logging
 
 log = logging.getLogger("s2s.gateway")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("gateway")  # JSON lines on stderr (S2S_LOG_FORMAT=text: plain)
     try:
         settings = GatewaySettings.from_env()
     except ConfigError as exc:
         log.error("gateway cannot start: %s", exc)
         sys.exit(EXIT_CONFIG)
-    if not _is_loopback(settings.host):
+    if not is_loopback_host(settings.host):
         log.warning("binding %s: the assistant is reachable from the network, without authentication",
                     settings.host)
     log.info("s2s is at http://%s:%d/", settings.host, settings.port)

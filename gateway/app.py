@@ -17,13 +17,13 @@ from aiohttp import web
 from gateway.bus import Bus, StageUnavailable
 from gateway.conversations import Conversation, ConversationStore
 from gateway.media import MediaError, decode_to_pcm
+from gateway.observe import GatewayObserver
 from gateway.recovery import Recovery
 from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
 from proto import Envelope, TurnCancel, tag_of
 from services.personas import DEFAULT_PERSONA, PERSONAS
-from services.runtime.endpoints import STAGES
 
 log = logging.getLogger("s2s.gateway")
 
@@ -33,6 +33,9 @@ CSP = ("default-src 'self'; media-src 'self' blob: data:; img-src 'self' data:; 
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 TICK_S = 0.25  # how often a waiting stream checks for disconnects and timeouts
 PING_S = 15.0
+# a send finding no worker connected while the stage looks ready: how long until the closed
+# connection of one that just died is seen (the bus polls connection events every 50 ms)
+NO_WORKER_GRACE_S = 1.0
 SHUTDOWN_GRACE_S = 3.0  # for open streams to send their error event; well within supervisor's stopwaitsecs
 GATEWAY = web.AppKey("gateway", "Gateway")
 CANCELLED = "The turn was cancelled."
@@ -94,6 +97,7 @@ class Gateway:
         self.late_results = 0  # results for turns that had already ended: dropped
         self.resent_requests = 0  # requests sent again to a restarted stage
         self.shutting_down = False
+        self.observe = GatewayObserver(self)  # metrics and turn logs (gateway/observe.py)
 
     # --- bus -----------------------------------------------------------------------------------
 
@@ -104,25 +108,22 @@ class Gateway:
         self.board.seen(stage, message.producer)
         self.board.update(message)
         if message.session:
-            self.board.result_seen(stage)
+            self.board.result_seen(stage, message.producer)
             turn = self.live.get((message.session, message.turn))
             if turn is not None:
                 turn.inbox.put_nowait((message, payload))
             else:
                 self.late_results += 1
 
-    def on_bus_peer(self, stage: str, joined: bool) -> None:
-        self.board.peer(stage, joined)
+    def on_bus_peer(self, stage: str, joined: bool, pid: int = 0) -> None:
+        self.board.peer(stage, joined, pid)
         if not joined:
             for turn in self.live.values():
                 turn.inbox.put_nowait(None)  # let each turn look at what it lost now
 
     def cancel_on_stages(self, session: str, turn: int, reason: str) -> None:
-        for stage in STAGES:
-            try:
-                self.bus.send(stage, TurnCancel(session=session, turn=turn, reason=reason, sent=time.monotonic()))
-            except StageUnavailable:
-                pass  # a stage that is not there holds no work for this turn
+        """To every worker of every stage: whichever holds the turn's work stops it."""
+        self.bus.broadcast(TurnCancel(session=session, turn=turn, reason=reason, sent=time.monotonic()))
 
     # --- HTTP: page and status -----------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Gateway:
         self.decoding[client] += 1
         try:
             data = await self._read_body(request)
+            decode_started = time.monotonic()
             pcm = await decode_to_pcm(data, self.settings.max_audio_s)
         except MediaError as exc:
             return json_error(exc.status, exc.message)
@@ -192,6 +194,7 @@ class Gateway:
         conversation.set_persona(persona)
         session_id = secrets.token_urlsafe(24)
         self.uploads[session_id] = Upload(session_id, conversation.id, persona, pcm, client)
+        self.observe.upload_accepted(self.uploads[session_id], len(data), time.monotonic() - decode_started)
         return self._with_cookie(web.json_response({"session_id": session_id}), conversation)
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -276,10 +279,12 @@ class Gateway:
         self.live[(conversation.id, number)] = turn
         self.by_session[session_id] = turn
         sse = await SseWriter.open(request)
+        sse = self.observe.watch(sse, session_id, turn, upload)  # follows every event of the turn
         finished = False
         try:
             finished = await self._drive(request, turn, upload, sse)
         finally:
+            self.observe.turn_ended(sse, finished)
             del self.live[(conversation.id, number)]
             del self.by_session[session_id]
             if conversation.active_turn == number:
@@ -304,6 +309,7 @@ class Gateway:
             while pending:
                 action = pending.popleft()
                 if isinstance(action, Send):
+                    self.observe.sending(action)
                     pending.extend(await self._send(state, action, recovery, abandoned))
                 elif isinstance(action, Emit):
                     if not await sse.send(action.event, action.data):
@@ -357,18 +363,27 @@ class Gateway:
     async def _send(self, state: TurnState, action: Send, recovery: Recovery, abandoned) -> list:
         """Send to a stage, waiting a while for one that is loading or restarting; [] on success."""
         deadline = time.monotonic() + self.settings.stage_wait_s
-        while (not self.board.is_ready(action.stage) and time.monotonic() < deadline
-               and self._will_be_ready(action.stage) and not self.shutting_down and not abandoned()):
-            await asyncio.sleep(0.1)
-        action.message.sent = time.monotonic()
-        try:
-            if not self.board.is_ready(action.stage):
-                raise StageUnavailable(self.board.state(action.stage))
-            self.bus.send(action.stage, action.message, *action.payload)
-        except StageUnavailable as exc:
-            return state.on_stage_down(action.stage, str(exc))
-        recovery.sent(action.stage)
-        return []
+        no_worker_since = None
+        while True:
+            while (not self.board.is_ready(action.stage) and time.monotonic() < deadline
+                   and self._will_be_ready(action.stage) and not self.shutting_down and not abandoned()):
+                await asyncio.sleep(0.1)
+            action.message.sent = time.monotonic()
+            try:
+                if not self.board.is_ready(action.stage):
+                    raise StageUnavailable(self.board.state(action.stage))
+                self.bus.send(action.stage, action.message, *action.payload)
+            except StageUnavailable as exc:
+                # A worker killed a moment ago looks ready until its closed connection is seen
+                # (within NO_WORKER_GRACE_S); then the stage is restarting and is waited for above.
+                no_worker_since = no_worker_since or time.monotonic()
+                if (self.board.is_ready(action.stage) and not self.shutting_down and not abandoned()
+                        and time.monotonic() - no_worker_since < NO_WORKER_GRACE_S):
+                    await asyncio.sleep(0.05)
+                    continue
+                return state.on_stage_down(action.stage, str(exc))
+            recovery.sent(action.stage, action.message)
+            return []
 
     @staticmethod
     async def _next(turn: LiveTurn, timeout: float):
@@ -429,7 +444,7 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     settings = settings or GatewaySettings.from_env()
     bus = bus or Bus()
     gateway = Gateway(settings, bus)
-    app = web.Application(middlewares=[security_headers], client_max_size=settings.max_upload_bytes + 65536)
+    app = web.Application(middlewares=[security_headers, gateway.observe.middleware], client_max_size=settings.max_upload_bytes + 65536)
     app[GATEWAY] = gateway
     app.router.add_get("/", gateway.index)
     app.router.add_static("/static/", STATIC)
@@ -439,6 +454,7 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     app.router.add_post("/api/cancel/{session_id}", gateway.cancel)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/metrics", gateway.observe.metrics)
     app.router.add_post("/upload", gateway.upload)
     app.router.add_get("/stream/{session_id}", gateway.stream)
 

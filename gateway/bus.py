@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import Callable
 
 import zmq
@@ -13,7 +15,8 @@ from zmq.utils.monitor import recv_monitor_message
 import proto
 from proto import Envelope, ProtocolError
 from services.runtime.curve import CurveServer
-from services.runtime.endpoints import STAGES, ensure_run_dir, events_endpoint, run_dir, stage_endpoint
+from services.runtime.endpoints import (STAGES, control_endpoint, ensure_run_dir, events_endpoint, run_dir,
+                                       stage_endpoint)
 
 log = logging.getLogger("s2s.gateway.bus")
 
@@ -34,6 +37,7 @@ class Bus:
         self.send_ctx = zmq.Context()
         self.push: dict[str, zmq.Socket] = {}
         self.pull: zmq.asyncio.Socket | None = None
+        self.control: zmq.Socket | None = None  # PUB: cancels to every worker
         self.dropped_frames = 0
         self._reader: asyncio.Task | None = None
         # Connection events of each stage's socket: a worker's process that dies (kill -9, a crash)
@@ -43,12 +47,12 @@ class Bus:
         self.curve: CurveServer | None = None  # CURVE keys and ZAP handlers, when the bus uses them
 
     def start(self, on_message: Callable[[Envelope, list[bytes]], None],
-              on_peer: Callable[[str, bool], None] = lambda stage, joined: None) -> None:
+              on_peer: Callable[[str, bool, int], None] = lambda stage, joined, pid: None) -> None:
         endpoints = {stage: stage_endpoint(stage, self.environ) for stage in STAGES}
-        events = events_endpoint(self.environ)
+        events, control = events_endpoint(self.environ), control_endpoint(self.environ)
         # tcp:// (any non-ipc) endpoints require CURVE keys: a ConfigError names the missing setting.
         # Checked before any socket exists, so a refused start leaves nothing bound.
-        self.curve = CurveServer.load(self.environ, [*endpoints.values(), events])
+        self.curve = CurveServer.load(self.environ, [*endpoints.values(), events, control])
         ensure_run_dir(run_dir(self.environ))
         for stage in STAGES:
             sock = self.send_ctx.socket(zmq.PUSH)
@@ -64,17 +68,29 @@ class Bus:
         if self.curve:
             self.curve.secure(self.pull)
         self.pull.bind(events)
+        self.control = self.send_ctx.socket(zmq.PUB)
+        self.control.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            self.curve.secure(self.control)
+        self.control.bind(control)
         self._reader = asyncio.create_task(self._read(on_message), name="bus-reader")
         self._watcher = asyncio.create_task(self._watch(on_peer), name="bus-peer-watcher")
 
     async def _watch(self, on_peer) -> None:
-        """Report each worker that connects to (True) or leaves (False) a stage's socket."""
+        """Report each worker that connects to (True) or leaves (False) a stage's socket, with its
+        process id where the connection tells it (ipc), so the one of several workers that died
+        is known."""
+        pids: dict[tuple[str, int], int] = {}  # (stage, connection fd) -> the peer's pid
         while True:
             for stage, monitor in self.monitors.items():
                 while monitor.poll(0):
-                    event = recv_monitor_message(monitor)["event"]
+                    event = recv_monitor_message(monitor)
+                    joined, fd = event["event"] == zmq.EVENT_ACCEPTED, event["value"]
+                    pid = peer_pid(fd) if joined else pids.pop((stage, fd), 0)
+                    if joined and pid:
+                        pids[(stage, fd)] = pid
                     try:
-                        on_peer(stage, event == zmq.EVENT_ACCEPTED)
+                        on_peer(stage, joined, pid)
                     except Exception:  # one bad callback must not stop the watcher
                         log.exception("handling a %s connection event failed", stage)
             await asyncio.sleep(MONITOR_POLL_S)
@@ -100,6 +116,10 @@ class Bus:
         except zmq.Again:
             raise StageUnavailable(f"no {stage} worker is connected or its queue is full") from None
 
+    def broadcast(self, message: Envelope) -> None:
+        """To every connected worker of every stage (never blocks; a worker not there misses it)."""
+        self.control.send_multipart(proto.encode(message), flags=zmq.NOBLOCK)
+
     async def close(self) -> None:
         for task in (self._reader, self._watcher):
             if task:
@@ -111,10 +131,30 @@ class Bus:
         for stage, sock in self.push.items():
             sock.disable_monitor()
             self.monitors[stage].close(linger=0)
-        for sock in [*self.push.values(), self.pull]:
+        for sock in [*self.push.values(), self.pull, self.control]:
             if sock is not None:
                 sock.close(linger=0)
         if self.curve:
             self.curve.stop()  # after the sockets: without a ZAP handler any key would get in
         self.ctx.term()
         self.send_ctx.term()
+
+
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_pid(fd: int) -> int:
+    """The process at the other end of an accepted unix-socket connection; 0 for tcp, or when the
+    connection closed before its event was read."""
+    try:
+        conn = socket.socket(fileno=fd)
+    except OSError:
+        return 0
+    try:
+        if conn.family != socket.AF_UNIX:
+            return 0
+        return PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))[0]
+    except OSError:
+        return 0
+    finally:
+        conn.detach()  # the fd is libzmq's: never close it here

@@ -1,28 +1,47 @@
-"""What the gateway knows about each stage, from hello/ready/heartbeat/error/bye messages."""
+"""What the gateway knows about each stage and each of its workers, from hello/ready/heartbeat/
+error/bye messages and from the connections to the stage's socket.
+
+A stage may run several workers (supervisor `numprocs`): the stage is ready while any of them is,
+and each worker is tracked on its own, so the one that dies or hangs is told apart from the rest.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from proto import Envelope, StageBye, StageError, StageHeartbeat, StageHello, StageReady
 from services.runtime.endpoints import STAGES
 
 DOWN_AFTER_S = 3.0  # three missed one-second heartbeats
 STUCK_AFTER_S = 120.0  # busy this long without a result for any turn (a long sentence on one loaded core takes over 30 s)
+# a stage's state from its workers': the first that any worker is in wins
+STAGE_STATE_ORDER = ("ready", "busy", "loading", "draining", "stuck", "failed", "down")
+
+
+@dataclass
+class WorkerStatus:
+    instance: str
+    pid: int = 0
+    state: str = "loading"  # loading | ready | busy | draining | failed (down and stuck are computed)
+    queue_depth: int = 0
+    busy_ms: int = 0
+    last_seen: float = 0.0  # monotonic
+    last_result: float = 0.0
+    results: int = 0  # result messages it sent for turns
 
 
 @dataclass
 class StageStatus:
-    state: str = "down"  # down | loading | ready | busy | stuck | draining | failed
+    state: str = "down"  # the last lifecycle news for the stage: loading | ready | failed | down
     backend: str = ""
     model: str = ""
     device: str = ""
     source: str = ""  # local | hub-cache | hub | registry
     reason: str = ""  # why that model and source
     pid: int = 0
-    instance: str = ""
+    instance: str = ""  # the worker that spoke last
     queue_depth: int = 0
     busy_ms: int = 0
     load_s: float = 0.0
@@ -30,6 +49,7 @@ class StageStatus:
     last_seen: float = 0.0  # monotonic
     last_result: float = 0.0  # monotonic time of its last result for any turn
     peers: int = 0  # workers connected to its socket
+    workers: dict[str, WorkerStatus] = field(default_factory=dict)  # instance -> its status, gone ones removed
 
 
 class StageBoard:
@@ -53,63 +73,91 @@ class StageBoard:
                     and status.instance == message.producer):
                 status.state, status.error = "failed", message.message
             return
-        status.last_seen = self.clock()
+        now = self.clock()
+        status.last_seen = now
         status.instance = message.producer
+        worker = status.workers.setdefault(message.producer, WorkerStatus(message.producer))
+        worker.last_seen = now
         if isinstance(message, StageHello):
             status.state, status.error = "loading", ""
             status.backend, status.model, status.device, status.pid, status.source = (
                 message.backend, message.model, message.device, message.pid, message.source)
+            worker.state, worker.pid = "loading", message.pid
         elif isinstance(message, StageReady):
             status.state, status.load_s = "ready", message.load_s
             status.backend, status.model, status.device = message.backend, message.model, message.device
             status.source, status.reason = message.source, message.reason
+            worker.state = "ready"
         elif isinstance(message, StageHeartbeat):
             status.state = message.state
+            worker.state, worker.queue_depth, worker.busy_ms = message.state, message.queue_depth, message.busy_ms
             status.queue_depth, status.busy_ms = message.queue_depth, message.busy_ms
             if message.backend:
                 status.backend, status.model, status.device = message.backend, message.model, message.device
                 status.source = message.source
         elif isinstance(message, StageError) and not message.session:
             status.state, status.error = "failed", message.message
+            worker.state = "failed"
         elif isinstance(message, StageBye):
             if status.state != "failed":  # a stage that could not load says bye too: keep why
                 status.state = "down"
-            self._mark_gone(message.producer)
+            self._mark_gone(stage, message.producer)
 
     def seen(self, stage: str, producer: str = "") -> None:
         """Any message from a stage counts as a heartbeat."""
-        if stage in self.stages and producer not in self.gone:
-            self.stages[stage].last_seen = self.clock()
+        status = self.stages.get(stage)
+        if status is None or producer in self.gone:
+            return
+        status.last_seen = self.clock()
+        if producer in status.workers:
+            status.workers[producer].last_seen = status.last_seen
 
-    def peer(self, stage: str, joined: bool) -> None:
-        """A worker connected to or left the stage's socket (from the bus's connection events)."""
+    def peer(self, stage: str, joined: bool, pid: int = 0) -> None:
+        """A worker connected to or left the stage's socket (from the bus's connection events).
+        `pid` is the peer's process when the bus can tell (ipc); 0 when it cannot (tcp)."""
         status = self.stages.get(stage)
         if status is None:
             return
         status.peers = status.peers + 1 if joined else max(0, status.peers - 1)
-        if not joined and status.peers == 0 and status.instance:
-            # its process is gone (exited, killed or crashed): supervisor starts a new one
-            if status.state != "failed":
-                status.state, status.error = "down", "its process exited"
-            self._mark_gone(status.instance)
+        if joined:
+            return
+        # its process is gone (exited, killed or crashed): supervisor starts a new one
+        left = [w.instance for w in status.workers.values() if pid and w.pid == pid]
+        if not left and status.peers == 0:
+            left = list(status.workers) or ([status.instance] if status.instance else [])
+        for instance in left:
+            self._mark_gone(stage, instance)
+        if left and not status.workers and status.state != "failed":
+            status.state, status.error = "down", "its process exited"
 
-    def _mark_gone(self, instance: str) -> None:
+    def _mark_gone(self, stage: str, instance: str) -> None:
         if instance:
+            self.stages[stage].workers.pop(instance, None)
             self.gone[instance] = self.clock()
             while len(self.gone) > 256:
                 self.gone.popitem(last=False)
 
     def instance(self, stage: str) -> str:
-        """The instance that last spoke for the stage (the one a request sent now reaches)."""
+        """The instance that last spoke for the stage."""
         return self.stages[stage].instance
 
     def is_gone(self, instance: str) -> bool:
         return instance in self.gone
 
-    def result_seen(self, stage: str) -> None:
+    def ready_instances(self, stage: str) -> set[str]:
+        """The workers that take requests now: one sent to the stage reaches one of them."""
+        return {i for i in self.stages[stage].workers if self.worker_state(stage, i) in ("ready", "busy")}
+
+    def result_seen(self, stage: str, producer: str = "") -> None:
         status = self.stages.get(stage)
-        if status is not None:
-            status.last_result = self.clock()
+        if status is None:
+            return
+        status.last_result = self.clock()
+        worker = status.workers.get(producer)
+        for w in [worker] if worker else status.workers.values():
+            w.last_result = status.last_result
+        if worker:
+            worker.results += 1
 
     def progressing(self, stage: str, within_s: float) -> bool:
         """The stage produced a result for some turn within the last within_s seconds: a request
@@ -118,15 +166,24 @@ class StageBoard:
         return (status is not None and self.state(stage) in ("ready", "busy")
                 and self.clock() - status.last_result <= within_s)
 
+    def worker_state(self, stage: str, instance: str) -> str:
+        worker = self.stages[stage].workers.get(instance)
+        if worker is None:
+            return "down"
+        now = self.clock()
+        if worker.state != "failed" and now - worker.last_seen > DOWN_AFTER_S:
+            return "down"
+        if (worker.state == "busy" and worker.busy_ms / 1000 > self.stuck_after_s
+                and now - worker.last_result > self.stuck_after_s):
+            return "stuck"
+        return worker.state
+
     def state(self, stage: str) -> str:
         status = self.stages[stage]
-        now = self.clock()
-        if status.state != "failed" and now - status.last_seen > DOWN_AFTER_S:
-            return "down"
-        if (status.state == "busy" and status.busy_ms / 1000 > self.stuck_after_s
-                and now - status.last_result > self.stuck_after_s):
-            return "stuck"
-        return status.state
+        states = {self.worker_state(stage, i) for i in status.workers}
+        if status.state == "failed" and not states & {"ready", "busy", "loading"}:
+            return "failed"  # kept over the bye, the closed connection and the missed beats
+        return next((s for s in STAGE_STATE_ORDER if s in states), "down")
 
     def is_ready(self, stage: str) -> bool:
         return self.state(stage) in ("ready", "busy")
@@ -138,6 +195,11 @@ class StageBoard:
             info = asdict(status)
             info["state"] = self.state(name)
             info["last_seen_s_ago"] = round(now - status.last_seen, 3) if status.last_seen else None
+            info["queue_depth"] = sum(w.queue_depth for w in status.workers.values())
+            info["workers"] = [{"instance": w.instance, "pid": w.pid, "state": self.worker_state(name, w.instance),
+                                "queue_depth": w.queue_depth, "busy_ms": w.busy_ms, "results": w.results,
+                                "last_seen_s_ago": round(now - w.last_seen, 3)}
+                               for w in status.workers.values()]
             del info["last_seen"]
             out[name] = info
         return out

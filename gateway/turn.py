@@ -222,5 +222,7 @@ class TurnState:
         self._end()
         reply = self.llm_done.full_text if self.llm_done else ""
         self.timing["total"] = round(self.clock() - self.started, 4)
-        done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing)}
+        # the voice the reply was spoken in, as the TTS stage was asked for it
+        done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing),
+                "persona": self.persona, "voice": self.voice}
         return [Emit("done", done), Finish(ok=True, user_text=self.user_text, reply_text=reply)]

@@ -18,20 +18,7 @@ cleanup() {
     rm -rf "$QUESTIONS"
 }
 trap cleanup EXIT
-n=0
-while read -r question; do
-    n=$((n + 1))
-    espeak-ng -v en-us -s 140 -w "$QUESTIONS/q$n.wav" "$question"
-done <<'LIST'
-What is the capital of France?
-How far away is the moon?
-Why do cats purr when they are happy?
-Can you tell me a fun fact about elephants?
-What should I cook for dinner tonight?
-How do airplanes stay up in the sky?
-Could you explain how bees make honey from the flowers they visit?
-What is the best way to start learning to play the guitar as an adult?
-LIST
+bash scripts/speak_questions.sh "$QUESTIONS"
 bash scripts/run.sh
 mkdir -p var/log
 echo "bench: loading the original flow on port $ORIGINAL_PORT (log: var/log/original-flow.log)..."

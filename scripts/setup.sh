@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for cmd in ffmpeg espeak-ng sox; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+wanted=(ffmpeg espeak-ng sox)
+# --test (scripts/test.sh): chromium too, which the browser tests (tests/test_browser.py) drive
+[ "${1:-}" = "--test" ] && wanted+=(chromium)
+for cmd in "${wanted[@]}"; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 if [ ${#need[@]} -gt 0 ]; then
     echo "s2s setup: installing system packages: ${need[*]}"
     $SUDO apt-get update -qq

@@ -7,7 +7,7 @@ import time
 import zmq
 
 import proto
-from services.runtime.endpoints import STAGES, events_endpoint, stage_endpoint
+from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint, stage_endpoint
 
 
 class BusClient:
@@ -25,10 +25,17 @@ class BusClient:
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.bind(events_endpoint(environ))
+        self.control = self.ctx.socket(zmq.PUB)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(control_endpoint(environ))
         self.seen: list[proto.Envelope] = []
 
     def send(self, stage: str, message, *payload: bytes) -> None:
         self.push[stage].send_multipart(proto.encode(message, *payload))
+
+    def broadcast(self, message) -> None:
+        """To every worker, as the gateway sends cancels."""
+        self.control.send_multipart(proto.encode(message))
 
     def send_raw(self, stage: str, frames: list[bytes]) -> None:
         self.push[stage].send_multipart(frames)
@@ -55,6 +62,6 @@ class BusClient:
         return got
 
     def close(self) -> None:
-        for sock in [*self.push.values(), self.pull]:
+        for sock in [*self.push.values(), self.pull, self.control]:
             sock.close(linger=0)
         self.ctx.term()

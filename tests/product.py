@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from scripts.workers import set_workers
+
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ("gateway", "asr", "llm", "tts")
 
@@ -43,7 +45,7 @@ def free_port() -> int:
 
 
 class Product:
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], workers: dict[str, int] | None = None):
         self.home = Path(tempfile.mkdtemp(prefix="s2s-p-"))
         self.var = self.home / "var"
         (self.var / "log").mkdir(parents=True)
@@ -52,10 +54,14 @@ class Product:
         bin_dir = Path(sys.executable).parent
         conf = (ROOT / "supervisord.conf").read_text()
         conf = conf.replace("%(here)s/var", str(self.var)).replace("%(here)s/.venv/bin", str(bin_dir))
+        for program, count in (workers or {}).items():
+            conf = set_workers(conf, program, count)  # as an operator sets it (docs/OPERATIONS.md)
         self.conf = self.home / "supervisord.conf"
         self.conf.write_text(conf.replace("%(here)s", str(ROOT)))
         self.env = {**os.environ, "S2S_RUN_DIR": str(self.home / "run"), "S2S_GATEWAY_PORT": str(self.port),
-                    "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env}
+                    "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                    # no worker metrics port: a product someone runs on this machine may hold the defaults
+                    "S2S_ASR_METRICS_PORT": "0", "S2S_LLM_METRICS_PORT": "0", "S2S_TTS_METRICS_PORT": "0", **env}
         self.bin = bin_dir
 
     def ctl(self, *args: str, check: bool = True) -> str:
@@ -103,10 +109,9 @@ class Product:
 
     def logs(self, lines: int = 30) -> str:
         out = []
-        for program in PROGRAMS:
-            log = self.var / "log" / f"{program}.log"
-            if log.exists():
-                out.append(f"--- {program}.log\n" + "\n".join(log.read_text().splitlines()[-lines:]))
+        for program in PROGRAMS:  # tts.log, or tts_0.log, tts_1.log ... for several workers
+            for log in sorted((self.var / "log").glob(f"{program}*.log")):
+                out.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-lines:]))
         return "\n".join(out)
 
     def stop(self) -> None:
@@ -124,9 +129,10 @@ class Product:
 
 
 @contextmanager
-def running(env: dict[str, str]):
-    """The product started with these settings, stopped (with everything it started) afterwards."""
-    product = Product(env)
+def running(env: dict[str, str], workers: dict[str, int] | None = None):
+    """The product started with these settings (and `workers` per stage, default one), stopped
+    (with everything it started) afterwards."""
+    product = Product(env, workers)
     try:
         yield product.start()
     finally:

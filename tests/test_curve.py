@@ -1,6 +1,7 @@
 """The bus over TCP: CURVE keys are required, only authorized workers get in (real loopback sockets)."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import stat
@@ -16,7 +17,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 import proto
 from gateway.bus import Bus, StageUnavailable
-from proto import StageHello, StageReady, TtsDone, TtsRequest
+from proto import StageHello, StageReady, TtsAudio, TtsDone, TtsRequest, TurnCancel
 from services.runtime import curve
 from services.runtime.errors import EXIT_CONFIG, ConfigError
 from tests.worker_process import ROOT
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(60)
 
 ANY_PORT = "tcp://127.0.0.1:*"
 TCP = {"S2S_ASR_ENDPOINT": ANY_PORT, "S2S_LLM_ENDPOINT": ANY_PORT, "S2S_TTS_ENDPOINT": ANY_PORT,
-       "S2S_EVENTS_ENDPOINT": ANY_PORT}
+       "S2S_EVENTS_ENDPOINT": ANY_PORT, "S2S_CONTROL_ENDPOINT": ANY_PORT}
 HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
                     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
 
@@ -59,6 +60,7 @@ class RunningBus:
         self.bus.start(lambda message, payload: self.received.put_nowait(message))
         self.events = self.bus.pull.last_endpoint.decode()
         self.stage = {name: sock.last_endpoint.decode() for name, sock in self.bus.push.items()}
+        self.control = self.bus.control.last_endpoint.decode()
 
     async def next(self, timeout):
         return await asyncio.wait_for(self.received.get(), timeout)
@@ -304,6 +306,7 @@ def test_an_authorized_dir_others_can_write_to_is_refused(keys):
 async def test_a_real_worker_reaches_the_bus_over_tcp_with_curve(keys):
     bus = RunningBus(gateway_env(keys))
     env = {"S2S_RUN_DIR": str(keys / "run"), "S2S_TTS_ENDPOINT": bus.stage["tts"], "S2S_EVENTS_ENDPOINT": bus.events,
+           "S2S_CONTROL_ENDPOINT": bus.control,
            "S2S_CURVE_SECRET_KEY_FILE": str(keys / "authorized" / "worker.key_secret"),
            "S2S_CURVE_SERVER_KEY_FILE": str(keys / "gateway" / "gateway.key"),
            "S2S_TTS_THREADS": "0"}  # config/tts.env pins 1 thread, which would import torch
@@ -322,6 +325,17 @@ async def test_a_real_worker_reaches_the_bus_over_tcp_with_curve(keys):
         while not isinstance(message := await bus.next(timeout=5), TtsDone):
             pass
         assert (message.session, message.turn, message.parts) == ("s", 1, 1)
+        # the cancel broadcast reaches it over CURVE too: a long item stops
+        bus.bus.send("tts", TtsRequest(index=0, text="parts=50 delay=0.05", voice="af_heart", session="s", turn=2))
+        while not (isinstance(message := await bus.next(timeout=5), TtsAudio) and message.part == 2):
+            pass
+        bus.bus.broadcast(TurnCancel(session="s", turn=2))
+        after, until = [], time.monotonic() + 0.7
+        while (left := until - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                after.append(await bus.next(timeout=left))
+        assert not any(isinstance(m, TtsDone) for m in after)
+        assert len([m for m in after if isinstance(m, TtsAudio)]) <= 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     except BaseException:

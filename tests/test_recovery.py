@@ -1,17 +1,23 @@
 """The gateway's stage board and a turn's recovery policy, with a fake clock and no sockets:
 which requests go again after a stage instance goes away, when a turn gives up, and why."""
 
+import asyncio
+import time
+
+from gateway.app import Gateway
+from gateway.bus import StageUnavailable
 from gateway.recovery import Recovery
+from gateway.settings import GatewaySettings
 from gateway.stages import STUCK_AFTER_S, StageBoard
 from gateway.turn import Emit, Send
-from proto import AsrFinal, LlmSentence, StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsDone
+from proto import AsrFinal, LlmRequest, LlmSentence, StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsDone
 from tests.test_turn import Clock, audio, events, ids, new_turn
 
 WAIT_S = 30.0
 
 
-def ready(board: StageBoard, stage: str, instance: str) -> None:
-    for message in (StageHello(stage=stage, backend="b", model="m", device="cpu", pid=1),
+def ready(board: StageBoard, stage: str, instance: str, pid: int = 1) -> None:
+    for message in (StageHello(stage=stage, backend="b", model="m", device="cpu", pid=pid),
                     StageReady(stage=stage, backend="b", model="m", device="cpu", load_s=1.0)):
         message.producer = instance
         board.seen(stage, instance)
@@ -49,7 +55,7 @@ def send_all(actions, recovery):
     """What the gateway does with Send actions: the request reaches the stage's current instance."""
     sends = [a for a in actions if isinstance(a, Send)]
     for send in sends:
-        recovery.sent(send.stage)
+        recovery.sent(send.stage, send.message)
     return sends
 
 
@@ -196,3 +202,114 @@ def test_a_load_failure_that_comes_after_the_connection_closed_still_says_why():
     bye.producer = "tts-b"
     board.update(bye)
     assert board.state("tts") == "failed" and "/missing.pth" in board.stages["tts"].error
+
+
+# --- several workers per stage (supervisor numprocs) ------------------------------------------
+
+
+def two_tts_workers():
+    clock, board, turn, recovery = setup()
+    ready(board, "tts", "tts-b", pid=2)
+    board.peer("tts", True)
+    return clock, board, turn, recovery
+
+
+def result(message, producer):
+    message.producer = producer
+    return message
+
+
+def test_a_request_is_held_by_the_worker_that_answers_it():
+    clock, board, turn, recovery = two_tts_workers()
+    llm_turn_with_two_sentences(turn, recovery)
+    # sent to the stage: either worker may hold each sentence until one answers
+    assert recovery.holders[("tts", 0)] == recovery.holders[("tts", 1)] == {"tts-a", "tts-b"}
+    recovery.on_message(result(audio(1)[0], "tts-b"))
+    assert recovery.holders[("tts", 1)] == {"tts-b"}
+
+
+def test_a_dead_workers_requests_go_at_once_to_another_worker_of_the_stage():
+    clock, board, turn, recovery = two_tts_workers()
+    llm_turn_with_two_sentences(turn, recovery)
+    recovery.on_message(result(audio(0)[0], "tts-a"))
+    recovery.on_message(result(audio(1)[0], "tts-b"))
+    board.peer("tts", False, pid=1)  # tts-a's process closed its connection
+    assert board.is_gone("tts-a") and not board.is_gone("tts-b")
+    assert board.state("tts") == "ready"  # tts-b still serves
+    resent = send_all(recovery.check(turn), recovery)
+    assert [(s.stage, s.message.index) for s in resent] == [("tts", 0)]  # not tts-b's sentence
+    assert recovery.holders[("tts", 0)] == {"tts-b"}  # the only worker left takes it
+
+
+def test_a_hung_worker_among_several_has_its_requests_sent_again():
+    clock, board, turn, recovery = two_tts_workers()
+    llm_turn_with_two_sentences(turn, recovery)
+    recovery.on_message(result(audio(0)[0], "tts-a"))
+    for _ in range(4):  # tts-a is SIGSTOPped: connected, silent; the others beat on
+        clock.now += 1
+        for stage, instance in (("asr", "asr-a"), ("llm", "llm-a"), ("tts", "tts-b")):
+            beat(board, stage, instance)
+    assert board.worker_state("tts", "tts-a") == "down" and board.state("tts") == "ready"
+    resent = send_all(recovery.check(turn), recovery)
+    assert [s.message.index for s in resent] == [0, 1]  # sentence 1 was never answered: either may hold it
+    assert not errors(resent)
+
+
+def test_the_board_shows_each_worker():
+    clock, board, _, _ = two_tts_workers()
+    board.result_seen("tts", "tts-b")
+    workers = {w["instance"]: w for w in board.snapshot()["tts"]["workers"]}
+    assert set(workers) == {"tts-a", "tts-b"} and workers["tts-b"]["results"] == 1
+    assert workers["tts-a"]["pid"] == 1 and workers["tts-b"]["state"] == "ready"
+    board.peer("tts", False, pid=2)
+    assert [w["instance"] for w in board.snapshot()["tts"]["workers"]] == ["tts-a"]
+
+
+# --- sending to a worker that died a moment ago ------------------------------------------------
+
+
+class NoWorkerYet:
+    """The bus while the stage's only worker has just been killed: nothing takes the request."""
+
+    def __init__(self):
+        self.sent = []
+        self.connected = False
+
+    def send(self, stage, message, *payload):
+        if not self.connected:
+            raise StageUnavailable(f"no {stage} worker is connected or its queue is full")
+        self.sent.append(message)
+
+
+def gateway_with_llm_ready():
+    gateway = Gateway(GatewaySettings(stage_wait_s=5.0), NoWorkerYet())
+    ready(gateway.board, "llm", "llm-a", pid=11)
+    gateway.board.peer("llm", True)
+    turn = new_turn()
+    recovery = Recovery(gateway.board, 5.0, time.monotonic)
+    request = Send("llm", ids(LlmRequest(persona="astronaut", history=[], max_new_tokens=10)))
+    return gateway, turn, recovery, request
+
+
+async def test_a_send_that_finds_no_worker_waits_for_the_one_that_replaces_it():
+    """The worker was killed but its closed connection is not seen yet: the stage still looks
+    ready. The send waits for the board to notice, then for the replacement, and goes there."""
+    gateway, turn, recovery, request = gateway_with_llm_ready()
+    sending = asyncio.create_task(gateway._send(turn, request, recovery, lambda: False))
+    await asyncio.sleep(0.3)
+    gateway.board.peer("llm", False, pid=11)  # the closed connection is seen
+    await asyncio.sleep(0.3)
+    assert not sending.done()  # waiting for supervisor's new worker, not failing the turn
+    ready(gateway.board, "llm", "llm-b", pid=12)
+    gateway.board.peer("llm", True)
+    gateway.bus.connected = True
+    assert await asyncio.wait_for(sending, 5) == []
+    assert gateway.bus.sent == [request.message] and recovery.holders[("llm", -1)] == {"llm-b"}
+
+
+async def test_a_send_to_a_connected_but_saturated_stage_fails_within_a_second():
+    gateway, turn, recovery, request = gateway_with_llm_ready()
+    started = time.monotonic()
+    [error, finish] = await asyncio.wait_for(gateway._send(turn, request, recovery, lambda: False), 5)
+    assert time.monotonic() - started < 2.0
+    assert error.data["stage"] == "llm" and "no llm worker is connected" in error.data["message"]

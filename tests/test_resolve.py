@@ -108,3 +108,14 @@ def test_status_mode_does_not_fetch(hub, monkeypatch):
     plan = resolve.plan_llm(settings("llm"), prepare=False)
     assert plan.source == "registry" and plan.options["model"] == str(store.artifact_dir("smollm2-135m-instruct"))
 
+
+
+def test_an_llm_on_a_remote_server_resolves_and_downloads_nothing(monkeypatch):
+    """What `s2s-models prepare` (run.sh) and the stage plan for openai-compatible: the server's
+    model, no hub probe, no registry artifact."""
+    monkeypatch.setattr(resolve.Resolver, "registry", lambda *a, **k: pytest.fail("assembled an artifact"))
+    monkeypatch.setattr(resolve.Resolver, "reachable", lambda *a, **k: pytest.fail("probed the hub"))
+    plan = resolve.plan_llm(settings("llm", BACKEND="openai-compatible", MODEL="qwen2.5:1.5b",
+                                     BASE_URL="http://127.0.0.1:11434/v1"))
+    assert (plan.backend, plan.source, plan.artifact) == ("openai-compatible", "remote", "")
+    assert plan.options["base_url"] == "http://127.0.0.1:11434/v1" and plan.options["model"] == "qwen2.5:1.5b"

@@ -64,6 +64,7 @@ def test_happy_path_in_order():
     final = turn.on_message(ids(TtsDone(index=1, parts=1, compute_s=0.1, audio_s=0.5)), [])
     assert events(final) == ["done"]
     assert final[0].data["full_text"] == "First one. Second one."
+    assert (final[0].data["persona"], final[0].data["voice"]) == ("astronaut", "am_adam")  # as TTS was asked
     assert set(final[0].data["timing"]) >= {"asr", "llm", "llm_first_sentence", "tts", "first_audio", "total"}
     assert final[1] == Finish(ok=True, user_text="What is up?", reply_text="First one. Second one.")
 

@@ -78,13 +78,36 @@ def test_cancel_stops_an_item_in_progress(worker):
     w = worker().ready()
     w.request("parts=50 delay=0.05", turn=1)
     w.bus.wait_for(lambda m: isinstance(m, TtsAudio) and m.part == 2)
-    w.bus.send("tts", TurnCancel(session="s1", turn=1))
+    w.bus.broadcast(TurnCancel(session="s1", turn=1))  # as the gateway sends it, to every worker
     after = w.bus.collect(0.5)
     late = [m for m in after if isinstance(m, TtsAudio)]
     assert len(late) <= 2  # at most what was already in flight when the cancel landed
     assert not any(isinstance(m, TtsDone) for m in after)
     w.request("parts=1", turn=2)  # the next turn is served at once
     assert w.bus.wait_for(lambda m: isinstance(m, TtsDone)).turn == 2
+
+
+def test_a_cancel_reaches_whichever_of_several_workers_holds_the_turn(worker):
+    """Two workers of one stage behind one gateway: the stage's socket hands one request to each,
+    and the gateway's broadcast cancel stops both, whichever holds which."""
+    first = worker()
+    second = worker(bus=first.bus)
+    readies = {first.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20).producer for _ in range(2)}
+    assert len(readies) == 2
+    first.request("parts=50 delay=0.05", session="s1")
+    first.request("parts=50 delay=0.05", session="s2")
+    holders = {}
+    while len(holders) < 2:
+        audio = first.bus.wait_for(lambda m: isinstance(m, TtsAudio) and m.part == 2)
+        holders[audio.session] = audio.producer
+    assert set(holders.values()) == readies  # one each
+    for session in holders:
+        first.bus.broadcast(TurnCancel(session=session, turn=1))
+    after = first.bus.collect(0.5)
+    for session in holders:
+        assert len([m for m in after if isinstance(m, TtsAudio) and m.session == session]) <= 2
+    assert not any(isinstance(m, TtsDone) for m in after)
+    assert second.proc.poll() is None
 
 
 def test_a_newer_turn_supersedes_queued_work(worker):

@@ -31,9 +31,14 @@ def private_run_dir():
 class WorkerProcess:
     """`python -m <module>` (a stage's entry point) with env; bus_after_s: the gateway comes up later."""
 
-    def __init__(self, env, module: str = "tests.fakes.scripted_stage", bus_after_s: float = 0.0, **extra):
+    def __init__(self, env, module: str = "tests.fakes.scripted_stage", bus_after_s: float = 0.0,
+                 bus: BusClient | None = None, **extra):
+        """bus: another worker's, to run several workers of one stage behind one gateway."""
         self.env = {**env, **extra}
-        if not bus_after_s:
+        self.own_bus = bus is None
+        if bus is not None:
+            self.bus = bus
+        elif not bus_after_s:
             self.bus = BusClient(self.env)
         # Its output goes to a file, not a pipe that nobody drains: a worker that logs every frame
         # it drops would block on a full pipe, and look hung.
@@ -56,4 +61,5 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(5)
-        self.bus.close()
+        if self.own_bus:
+            self.bus.close()

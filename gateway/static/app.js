@@ -37,6 +37,9 @@
   const FFT_SIZE = 256;              // 128 frequency bins
   const USED_BIN_FRACTION = 0.6;     // voice lives in the bottom ~60% of the bins
   const STAGE_ORDER = ["asr", "llm", "tts"];
+  const DEBUG_LOG_SIZE = 1000;
+
+  const GATEWAY_DOWN = "Cannot reach the gateway. Is it running? Retrying every few seconds…";
 
   const STATUS_TEXT = {
     idle: "Ready. Hold the button or the Space bar to talk.",
@@ -45,13 +48,14 @@
     speaking: "Speaking…",
   };
 
-  const TIMING_LABELS = {
-    asr: "ASR",
-    llm: "LLM",
-    tts: "TTS",
-    first_audio: "first audio",
-    total: "total",
-  };
+  // Latency shown under each answer: three from the server's `done` timing, and the wait the
+  // page measures itself, from letting go of the button to the first chunk playing.
+  const LATENCY = [
+    { key: "asr", label: "ASR" },
+    { key: "llm_first_sentence", label: "LLM first sentence" },
+    { key: "tts_first_chunk", label: "TTS first chunk" },
+    { key: "first_audio", label: "First audio" },
+  ];
 
   // ---------------------------------------------------------------------------
   // Page state
@@ -90,13 +94,29 @@
 
   const viz = { ctx2d: null, raf: 0, data: null, color: null };
 
-  // Debug/test hook: the only global. `played` logs every chunk that started playing.
+  // Debug/test hook, the only global: what the page did and when (performance.now() ms).
+  //   chunks: one entry per `chunk` event received, live or not: {sessionId, index, bytes, live,
+  //           arrivedAt, duration, startedAt, endedAt, stopped}; the player fills in the rest.
+  //   marks:  {name, at, sessionId}: press, release, upload, transcript, done, error, stop.
+  //   outputLevel(): the reply audio's peak level right now (0 when silent).
+  // Both logs keep their last DEBUG_LOG_SIZE entries.
   const debug = {
-    played: [],
+    chunks: [],
+    marks: [],
     get state() { return app.uiState; },
     get sessionId() { return app.turn ? app.turn.sessionId : null; },
+    outputLevel: function () { return outputLevel(); },
   };
   window.s2s = debug;
+
+  function logTo(list, entry) {
+    list.push(entry);
+    if (list.length > DEBUG_LOG_SIZE) list.splice(0, list.length - DEBUG_LOG_SIZE);
+  }
+
+  function mark(name, sessionId) {
+    logTo(debug.marks, { name: name, at: now(), sessionId: sessionId || null });
+  }
 
   // ---------------------------------------------------------------------------
   // Small helpers
@@ -169,9 +189,12 @@
     refreshControls();
   }
 
+  // kind "gateway": the gateway could not be reached; the stage poll clears it when it answers.
   function showError(message, kind) {
+    mark("error", app.turn ? app.turn.sessionId : null);
     setState("error", message);
     app.errorKind = kind || null;
+    if (kind === "gateway") app.gatewayDown = true;
   }
 
   // Stop is useful whenever something is recording, waiting or playing.
@@ -206,7 +229,7 @@
     if (stick) el.conversationScroller.scrollTop = el.conversationScroller.scrollHeight;
   }
 
-  function addTurnElements(personaName) {
+  function addTurnElements(personaName, voice) {
     const li = makeEl("li", "turn");
     const user = makeEl("div", "msg msg--user");
     user.appendChild(makeEl("span", "msg__who", "You"));
@@ -214,10 +237,14 @@
     user.appendChild(userText);
 
     const reply = makeEl("div", "msg msg--assistant");
-    reply.appendChild(makeEl("span", "msg__who", personaName));
+    const who = makeEl("span", "msg__who", personaName);
+    const voiceLabel = makeEl("span", "msg__voice", voice ? " · voice " + voice : "");
+    who.appendChild(voiceLabel);
+    reply.appendChild(who);
     const replyText = makeEl("p", "msg__text msg__text--pending", "…");
     reply.appendChild(replyText);
-    const timing = makeEl("p", "msg__timing");
+    const timing = makeEl("dl", "latency");
+    timing.setAttribute("aria-label", "Latency of this answer");
     timing.hidden = true;
     reply.appendChild(timing);
     const note = makeEl("p", "msg__note");
@@ -227,7 +254,7 @@
     li.appendChild(user);
     li.appendChild(reply);
     withAutoScroll(function () { el.conversation.appendChild(li); });
-    return { li: li, userText: userText, replyText: replyText, timing: timing, note: note };
+    return { li: li, userText: userText, replyText: replyText, timing: timing, note: note, voice: voiceLabel };
   }
 
   function setText(node, text) {
@@ -256,17 +283,16 @@
     withAutoScroll(function () { el.conversation.textContent = ""; });
   }
 
+  function isSeconds(value) {
+    return typeof value === "number" && isFinite(value) && value >= 0;
+  }
+
+  // Every number of the server's timing, for the tooltip ("llm 0.12 s, total 1.90 s, ...").
   function formatTiming(timing) {
-    if (!timing || typeof timing !== "object") return "";
-    const keys = ["asr", "llm", "tts", "first_audio", "total"].filter(function (k) { return k in timing; });
-    Object.keys(timing).forEach(function (k) { if (keys.indexOf(k) < 0) keys.push(k); });
-    return keys
-      .filter(function (k) { return typeof timing[k] === "number" && isFinite(timing[k]); })
-      .map(function (k) {
-        const label = TIMING_LABELS[k] || k.replace(/_/g, " ");
-        return label + " " + timing[k].toFixed(2) + " s";
-      })
-      .join(" · ");
+    return Object.keys(timing)
+      .filter(function (k) { return isSeconds(timing[k]); })
+      .map(function (k) { return k.replace(/_/g, " ") + " " + timing[k].toFixed(2) + " s"; })
+      .join(", ");
   }
 
   // ---------------------------------------------------------------------------
@@ -380,6 +406,17 @@
     return a;
   }
 
+  // Peak of the last few milliseconds of reply audio on its way to the speakers.
+  function outputLevel() {
+    const a = audio.playAnalyser;
+    if (!a) return 0;
+    const samples = new Float32Array(a.fftSize);
+    a.getFloatTimeDomainData(samples);
+    let peak = 0;
+    for (let i = 0; i < samples.length; i++) peak = Math.max(peak, Math.abs(samples[i]));
+    return peak;
+  }
+
   function base64ToArrayBuffer(b64) {
     // atob rather than fetch(data:) because the CSP's connect-src does not allow data:.
     const bin = atob(b64);
@@ -434,9 +471,11 @@
     player.sessionId = sessionId || null;
   }
 
-  function playerEnqueue(index, b64) {
+  // `entry` is the chunk's record in debug.chunks; playing fills in its times.
+  function playerEnqueue(entry, b64) {
+    const index = entry.index;
     if (!Number.isInteger(index) || index < player.nextIndex || player.pending.has(index)) return;
-    player.pending.set(index, decodeChunk(b64));
+    player.pending.set(index, { entry: entry, buffer: decodeChunk(b64) });
     pump();
   }
 
@@ -459,25 +498,25 @@
       settleIfDone();
       return;
     }
-    const decoded = player.pending.get(index);
+    const item = player.pending.get(index);
     player.pending.delete(index);
     player.decoding = true;
     const gen = player.gen;
-    const buffer = await decoded;
+    const buffer = await item.buffer;
     if (gen !== player.gen) return;          // stopped while decoding
     player.decoding = false;
     player.nextIndex = index + 1;
-    if (buffer) startSource(index, buffer);
+    if (buffer) startSource(item.entry, buffer);
     else pump();
   }
 
-  function startSource(index, buffer) {
+  function startSource(entry, buffer) {
     const ctx = ensureAudio();
     const source = ctx.createBufferSource();
     source.buffer = buffer;
     source.connect(audio.playAnalyser);
-    const entry = { index: index, startedAt: now(), endedAt: null, sessionId: player.sessionId };
-    debug.played.push(entry);
+    entry.duration = buffer.duration * 1000;
+    entry.startedAt = now();
     player.current = { source: source, entry: entry };
     source.onended = function () { onSourceEnded(source); };
     source.start();
@@ -546,11 +585,12 @@
       return;
     }
     const rec = {
-      source: source, released: false, discard: false,
+      source: source, released: false, releasedAt: 0, discard: false,
       stream: null, recorder: null, chunks: [], startedAt: 0,
       micNode: null, micAnalyser: null, maxTimer: 0,
     };
     app.rec = rec;
+    mark("press");
     setState("listening", "Opening the microphone…");
     openMic(rec);
   }
@@ -559,6 +599,8 @@
     const rec = app.rec;
     if (!rec || rec.released || (source && rec.source !== source)) return;
     rec.released = true;
+    rec.releasedAt = now();                  // first audio is measured from here
+    mark("release");
     if (rec.recorder && rec.recorder.state === "recording") {
       rec.recorder.stop();                   // onRecorderStopped sends the audio
       setState("thinking", "Sending your audio…");
@@ -655,14 +697,14 @@
       setState("idle", "That was too short. Hold the button while you speak.");
       return;
     }
-    sendTurn(blob);
+    sendTurn(blob, rec.releasedAt || now());
   }
 
   // ---------------------------------------------------------------------------
   // A turn: upload, then the SSE reply stream
   // ---------------------------------------------------------------------------
 
-  function newTurn() {
+  function newTurn(releasedAt) {
     const persona = currentPersona();
     const turn = {
       seq: ++app.turnSeq,
@@ -672,19 +714,20 @@
       ended: false,             // the stream finished, failed or was stopped
       stopped: false,
       texts: [],                // chunk texts by index
-      sentAt: now(),
+      releasedAt: releasedAt,   // when the button (or Space) was let go
       firstAudioAt: null,       // when the first chunk started playing here
       timing: null,             // the server's timing from `done`
       gotEvent: false,
-      view: addTurnElements(persona ? persona.name || persona.key : "Assistant"),
+      view: addTurnElements(persona ? persona.name || persona.key : "Assistant", persona ? persona.voice : ""),
     };
     app.turn = turn;
     playerReset(null);
     return turn;
   }
 
-  async function sendTurn(blob) {
-    const turn = newTurn();
+  async function sendTurn(blob, releasedAt) {
+    const turn = newTurn(releasedAt);
+    mark("upload");
     setState("thinking", "Sending your audio…");
     let res;
     try {
@@ -694,7 +737,7 @@
         body: blob,
       });
     } catch (_) {
-      failTurn(turn, "Cannot reach the gateway. Is it running?");
+      failTurn(turn, "Cannot reach the gateway. Is it running?", "gateway");
       return;
     }
     const body = await readJson(res);
@@ -726,7 +769,20 @@
       };
     }
     es.addEventListener("transcript", live(onTranscript));
-    es.addEventListener("chunk", live(onChunk));
+    es.addEventListener("chunk", function (ev) {
+      // Logged before the liveness check: a chunk that reaches a stopped turn shows up too.
+      const data = parseEventData(ev);
+      const entry = {
+        sessionId: turn.sessionId, index: data ? Number(data.index) : null,
+        bytes: data && typeof data.b64 === "string" ? data.b64.length : 0,
+        live: turn === app.turn && !turn.ended, arrivedAt: now(),
+        duration: null, startedAt: null, endedAt: null, stopped: false,
+      };
+      logTo(debug.chunks, entry);
+      if (!entry.live || !data) return;
+      turn.gotEvent = true;
+      onChunk(turn, data, entry);
+    });
     es.addEventListener("done", live(onDone));
     // "error" is both the server's named event (has data) and EventSource's own
     // connection error (no data); one listener tells them apart.
@@ -742,47 +798,59 @@
 
   function onTranscript(turn, ev) {
     const data = parseEventData(ev);
+    mark("transcript", turn.sessionId);
     if (!data) return;
     const text = typeof data.text === "string" ? data.text.trim() : "";
     setText(turn.view.userText, text || "(nothing heard)");
   }
 
-  function onChunk(turn, ev) {
-    const data = parseEventData(ev);
-    if (!data || typeof data.b64 !== "string") return;
-    const index = Number(data.index);
+  function onChunk(turn, data, entry) {
+    if (typeof data.b64 !== "string") return;
+    const index = entry.index;
     if (typeof data.text === "string" && Number.isInteger(index) && index >= 0) {
       turn.texts[index] = data.text;
       setText(turn.view.replyText, turn.texts.filter(Boolean).join(" "));
     }
-    playerEnqueue(index, data.b64);
+    playerEnqueue(entry, data.b64);
   }
 
   function onDone(turn, ev) {
     const data = parseEventData(ev) || {};
+    mark("done", turn.sessionId);
     endStream(turn);
     if (typeof data.full_text === "string" && data.full_text.trim()) {
       setText(turn.view.replyText, data.full_text.trim());
     }
     finalizePlaceholders(turn);
+    if (typeof data.voice === "string" && data.voice) {  // the voice the server actually spoke in
+      setText(turn.view.voice, " · voice " + data.voice);
+      turn.view.voice.dataset.spoken = data.voice;
+    }
     turn.timing = data.timing && typeof data.timing === "object" ? data.timing : {};
     renderTiming(turn);
     playerEndStream();
   }
 
-  // Server latencies, plus what the user actually waited from release to first sound.
+  // Shown once the answer is complete; first audio may be filled in when it starts playing.
   function renderTiming(turn) {
     if (!turn.timing) return;
-    const parts = [];
-    const server = formatTiming(turn.timing);
-    if (server) parts.push(server);
-    if (turn.firstAudioAt !== null) {
-      parts.push("heard after " + ((turn.firstAudioAt - turn.sentAt) / 1000).toFixed(2) + " s");
+    const values = Object.assign({}, turn.timing, { first_audio: null });
+    if (turn.firstAudioAt !== null && turn.releasedAt) {
+      values.first_audio = (turn.firstAudioAt - turn.releasedAt) / 1000;
     }
-    if (!parts.length) return;
+    const dl = turn.view.timing;
     withAutoScroll(function () {
-      turn.view.timing.textContent = parts.join(" · ");
-      turn.view.timing.hidden = false;
+      dl.textContent = "";
+      LATENCY.forEach(function (item) {
+        if (!isSeconds(values[item.key])) return;
+        const row = makeEl("div", "latency__item");
+        row.dataset.key = item.key;
+        row.appendChild(makeEl("dt", "latency__label", item.label));
+        row.appendChild(makeEl("dd", "latency__value", values[item.key].toFixed(2) + " s"));
+        dl.appendChild(row);
+      });
+      dl.title = formatTiming(turn.timing);
+      dl.hidden = !dl.children.length;
     });
   }
 
@@ -791,6 +859,7 @@
     const data = fromServer ? parseEventData(ev) : null;
     endStream(turn);
     let message;
+    let kind = null;
     if (fromServer) {
       message = data && typeof data.message === "string" && data.message ? data.message : "The assistant failed.";
       // Name the failing stage unless the message already does.
@@ -798,12 +867,14 @@
       if (stage && message.toLowerCase().indexOf(stage.toLowerCase()) < 0) message = stage.toUpperCase() + ": " + message;
     } else if (turn.gotEvent) {
       message = "Lost the connection to the gateway during the reply.";
+      kind = "gateway";
     } else {
       message = "Could not open the reply stream from the gateway.";
+      kind = "gateway";
     }
     finalizePlaceholders(turn);
     setNote(turn, message, true);
-    showError(message);
+    showError(message, kind);
     playerEndStream();                       // whatever audio already arrived may still play
   }
 
@@ -812,11 +883,11 @@
     closeStream(turn);
   }
 
-  function failTurn(turn, message) {
+  function failTurn(turn, message, kind) {
     endStream(turn);
     finalizePlaceholders(turn);
     setNote(turn, message, true);
-    showError(message);
+    showError(message, kind);
     playerEndStream();
   }
 
@@ -899,7 +970,10 @@
   function bindControls() {
     bindRecordButton();
     bindSpaceKey();
-    el.stop.addEventListener("click", function () { stopEverything(); });
+    el.stop.addEventListener("click", function () {
+      mark("stop", app.turn ? app.turn.sessionId : null);
+      stopEverything();
+    });
     el.clear.addEventListener("click", onClear);
     el.persona.addEventListener("change", onPersonaChange);
   }
@@ -989,8 +1063,9 @@
     li.dataset.stageState = state;
     li.appendChild(makeEl("span", "stage__name", name.toUpperCase()));
     li.appendChild(makeEl("span", "stage__state", state));
-    const model = info && (info.model || info.backend);
-    if (model) li.appendChild(makeEl("span", "stage__model", String(model)));
+    const model = info && (info.model || info.backend) ? String(info.model || info.backend) : "";
+    li.dataset.model = model;
+    if (model) li.appendChild(makeEl("span", "stage__model", modelLabel(model)));
     // Where the weights came from (local, hub-cache, hub, registry) and on which device.
     const where = [info && info.source, info && info.device].filter(Boolean).join(" · ");
     if (where) li.appendChild(makeEl("span", "stage__source", where));
@@ -1001,6 +1076,13 @@
     li.setAttribute("aria-label", name.toUpperCase() + " " + state + (model ? ", " + model : "") +
       (where ? ", " + where : ""));
     return li;
+  }
+
+  // A local path is shown by its last part ("/models/qwen2/" -> "qwen2"); hub ids stay whole.
+  function modelLabel(model) {
+    if (!/^[\/~.]/.test(model)) return model;
+    const parts = model.split(/[\/]+/).filter(Boolean);
+    return parts.length ? parts[parts.length - 1] : model;
   }
 
   function renderStages(stages) {
@@ -1028,25 +1110,84 @@
   }
 
   async function pollStages() {
+    let stages = null;
     try {
       const res = await apiFetch("/api/stages", { cache: "no-store" }, STAGES_TIMEOUT_MS);
       const body = await readJson(res);
-      if (!body || !body.stages || typeof body.stages !== "object") throw new Error("no stages");
-      renderStages(body.stages);
-      onGatewayReachable();
+      if (body && body.stages && typeof body.stages === "object") stages = body.stages;
     } catch (_) {
-      app.gatewayDown = true;
-      renderGatewayUnreachable();
+      stages = null;
+    }
+    try {
+      if (stages) {
+        renderStages(stages);
+        showStageNotice(stages);
+        await onGatewayReachable();
+      } else {
+        renderGatewayUnreachable();
+        showStageNotice(null);
+        onGatewayUnreachable();
+      }
     } finally {
       setTimeout(pollStages, STAGES_POLL_MS);
     }
   }
 
+  // Say so in the status line, unless a recording or a turn is under way: its own error says
+  // what happened to it.
+  function onGatewayUnreachable() {
+    app.gatewayDown = true;
+    if (app.rec || (app.turn && !app.turn.ended)) return;
+    if (app.uiState === "error" && app.errorKind === "gateway") return;
+    showError(GATEWAY_DOWN, "gateway");
+  }
+
   // The gateway came back: fetch the real personas if we had to use the fallback list.
   async function onGatewayReachable() {
+    const wasDown = app.gatewayDown;
     app.gatewayDown = false;
     if (!app.configFromServer && !(await loadConfig())) return;
-    if (app.uiState === "error" && app.errorKind === "gateway" && !app.rec) setState("idle");
+    if (app.uiState === "error" && app.errorKind === "gateway" && !app.rec) {
+      setState("idle", wasDown ? "The gateway is back. " + STATUS_TEXT.idle : undefined);
+    }
+  }
+
+  // What a stage that is not ready means for the user, in words (null when it is fine);
+  // transient: supervisor is bringing it back, so a turn waits for it.
+  function stageProblem(name, info) {
+    const state = info && typeof info.state === "string" ? info.state : "unknown";
+    const label = name.toUpperCase();
+    if (state === "ready" || state === "busy") return null;
+    if (state === "loading") return { text: label + " is loading its model", transient: true };
+    if (state === "draining") return { text: label + " is restarting", transient: true };
+    if (state === "down") return { text: label + " is down; supervisor restarts it", transient: true };
+    if (state === "stuck") return { text: label + " is not answering", transient: false };
+    if (state === "failed") {
+      return { text: label + " could not start" + (info.error ? ": " + info.error : ""), transient: false };
+    }
+    return { text: label + " is " + state, transient: false };
+  }
+
+  // A banner while any stage is not ready.
+  function showStageNotice(stages) {
+    const problems = !stages ? [] : Object.keys(stages)
+      .map(function (n) { return stageProblem(n, stages[n]); })
+      .filter(Boolean);
+    let text = "";
+    if (problems.length) {
+      const subject = problems.length > 1 ? "they are" : "it is";
+      const waits = problems.every(function (p) { return p.transient; });
+      text = problems.map(function (p) { return p.text; }).join(". ") + ". " +
+        (waits ? "Answers wait until " + subject + " back." : "Answers fail until " + subject + " fixed.");
+    }
+    if (text === el.notice.textContent) return;
+    const recovered = !text && !el.notice.hidden;
+    el.notice.textContent = text;
+    el.notice.hidden = !text;
+    const busy = app.rec || (app.turn && !app.turn.ended);
+    if (recovered && stages && app.uiState === "idle" && !busy) {
+      el.status.textContent = "Every stage is ready again. " + STATUS_TEXT.idle;
+    }
   }
 
   // ---------------------------------------------------------------------------
@@ -1054,7 +1195,7 @@
   // ---------------------------------------------------------------------------
 
   async function init() {
-    ["record", "stop", "clear", "persona", "status", "conversation", "stages", "visualizer"]
+    ["record", "stop", "clear", "persona", "status", "notice", "conversation", "stages", "visualizer"]
       .forEach(function (id) { el[id] = document.getElementById(id); });
     el.personaInfo = document.getElementById("persona-info");
     el.emptyHint = document.getElementById("empty-hint");

@@ -6,13 +6,14 @@ import time
 from typing import Iterator
 
 from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
+from services.llm import openai_compatible
 from services.llm.chunker import CHUNKING_MODES, iter_chunks
 from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES, PERSONAS, system_prompt
 from services.runtime.errors import BadRequest, ConfigError
 from services.models.resolve import plan_llm
 from services.runtime.settings import StageSettings
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, TurnContext
+from services.runtime.worker import Output, StageInfo, TurnContext
 
 ROLES = {"user", "assistant"}
 
@@ -20,7 +21,8 @@ ROLES = {"user", "assistant"}
 class LlmStage(BackendStage):
     name = "llm"
     request_type = LlmRequest
-    BACKENDS = {"transformers": "services.llm.backends:TransformersBackend"}
+    BACKENDS = {"transformers": "services.llm.backends:TransformersBackend",
+                openai_compatible.NAME: "services.llm.openai_compatible:OpenAICompatibleBackend"}
     DEFAULT_BACKEND = "transformers"
     planner = staticmethod(plan_llm)
 
@@ -34,6 +36,13 @@ class LlmStage(BackendStage):
             raise ConfigError(f"S2S_LLM_CHUNKING must be {' or '.join(CHUNKING_MODES)}, got {self.chunking!r}")
         if self.min_words < 1 or self.first_min_words < 1:
             raise ConfigError("S2S_LLM_MIN_WORDS and S2S_LLM_FIRST_MIN_WORDS must be at least 1")
+        if self.backend_name == openai_compatible.NAME:
+            openai_compatible.plan(settings)  # a bad S2S_LLM_BASE_URL or timeout: exit 78 before starting
+
+    def describe(self) -> StageInfo:
+        if self.backend_name == openai_compatible.NAME:  # backend, model, device "remote: <host>"
+            return openai_compatible.stage_info(self.settings)
+        return super().describe()
 
     def warmup_request(self):
         # a real prompt (system prompt and chat template), a few tokens: prefill and decode both run

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.runtime.errors import ConfigError
+from services.llm import openai_compatible
 from services.runtime.settings import StageSettings
 
 log = logging.getLogger("s2s.models")
@@ -158,8 +159,10 @@ def _whisper_probe(model: str):
 
 
 def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
-    r = Resolver(settings, prepare, log_line)
     backend = settings.get("BACKEND", "transformers")
+    if backend == openai_compatible.NAME:  # the server's model is the server's business
+        return openai_compatible.plan(settings)
+    r = Resolver(settings, prepare, log_line)
     model = settings.get("MODEL", "Qwen/Qwen2.5-1.5B-Instruct")
     options = dict(device=settings.get("DEVICE", "auto"), dtype=settings.get("DTYPE", "auto"),
                    gguf_file=settings.get("GGUF_FILE"))

@@ -41,7 +41,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from services.runtime.endpoints import events_endpoint, stage_endpoint
+from services.runtime.endpoints import control_endpoint, events_endpoint, stage_endpoint
 from services.runtime.errors import ConfigError
 from services.runtime.settings import StageSettings
 
@@ -203,7 +203,7 @@ def client_keys(source: Source, endpoints: Iterable[str]) -> ClientKeys | None:
 
 def worker_keys(settings: StageSettings, stage: str) -> ClientKeys | None:
     """The keys of a stage worker for the endpoints it connects to (the ones _io_loop uses)."""
-    return client_keys(settings, (stage_endpoint(stage), events_endpoint()))
+    return client_keys(settings, (stage_endpoint(stage), events_endpoint(), control_endpoint()))
 
 
 def secure_server(socket: zmq.Socket, keys: ServerKeys) -> None:

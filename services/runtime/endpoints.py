@@ -31,3 +31,10 @@ def stage_endpoint(stage: str, environ: dict[str, str] | None = None) -> str:
 def events_endpoint(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("S2S_EVENTS_ENDPOINT") or f"ipc://{run_dir(env)}/events"
+
+
+def control_endpoint(environ: dict[str, str] | None = None) -> str:
+    """The gateway's broadcast to every worker (turn cancels): each worker of each stage hears it,
+    so a cancel reaches whichever worker holds the turn."""
+    env = os.environ if environ is None else environ
+    return env.get("S2S_CONTROL_ENDPOINT") or f"ipc://{run_dir(env)}/control"

@@ -26,8 +26,11 @@ import proto
 from proto import Envelope, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady
 from proto import TurnCancel
 from services.runtime import curve
-from services.runtime.endpoints import ensure_run_dir, events_endpoint, run_dir, stage_endpoint
+from services.runtime.endpoints import control_endpoint, ensure_run_dir, events_endpoint, run_dir, stage_endpoint
 from services.runtime.errors import EXIT_CONFIG, BadRequest, ConfigError
+from services.runtime.logs import configure_logging as configure_process_logging
+from services.runtime.logs import turn_fields
+from services.runtime.observe import WorkerObserver
 from services.runtime.settings import StageSettings
 
 log = logging.getLogger("s2s.worker")
@@ -152,6 +155,7 @@ class Worker:
         # Lifecycle messages are retried briefly: the events socket may not be connected yet.
         self._retry: list[tuple[float, list[bytes]]] = []
         self._io = threading.Thread(target=self._io_loop, name=f"{stage.name}-io", daemon=True)
+        self.observe = WorkerObserver(self)  # metrics and request logs (services/runtime/observe.py)
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -181,26 +185,29 @@ class Worker:
     def _io_loop(self) -> None:
         pull = self._ctx.socket(zmq.PULL)
         push = self._ctx.socket(zmq.PUSH)
+        control = self._ctx.socket(zmq.SUB)  # cancels, broadcast to every worker of every stage
         keys = curve.worker_keys(self.settings, self.stage.name)  # None: plain ipc (checked in main)
-        for sock in (pull, push):
+        for sock in (pull, push, control):
             sock.setsockopt(zmq.LINGER, 0)
             curve.secure_client(sock, keys)  # tcp: authenticated to the gateway with CURVE
         # Nothing stale is queued for a gateway that is not there (or restarts).
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, 1000)
+        control.setsockopt(zmq.SUBSCRIBE, b"")
         pull.connect(stage_endpoint(self.stage.name))
         push.connect(events_endpoint())
+        control.connect(control_endpoint())
         self._push = push
         poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(self._outbox_pull, zmq.POLLIN)
+        for sock in (pull, control, self._outbox_pull):
+            poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while not self.stopped.is_set():
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
                 for sock, _ in poller.poll(min(timeout_ms, 200)):
-                    if sock is pull:
-                        self._receive_safely(pull.recv_multipart(copy=True), push)
+                    if sock is pull or sock is control:
+                        self._receive_safely(sock.recv_multipart(copy=True), push, requests=sock is pull)
                     else:
                         self._forward_outbox(push)
                 if self._retry:
@@ -218,6 +225,7 @@ class Worker:
         finally:
             push.close(linger=500)
             pull.close()
+            control.close()
 
     def _heartbeat(self) -> StageHeartbeat:
         busy_ms = int((time.monotonic() - self.busy_since) * 1000) if self.state == "busy" else 0
@@ -251,16 +259,18 @@ class Worker:
                 return
             self._retry.pop(0)
 
-    def _receive_safely(self, frames: list[bytes], push: zmq.Socket) -> None:
+    def _receive_safely(self, frames: list[bytes], push: zmq.Socket, requests: bool = True) -> None:
         """One frame that trips a bug must not end the I/O thread: the process would live on, deaf
         and without heartbeats, so its supervisor would never restart it."""
         try:
-            self._receive(frames, push)
+            self._receive(frames, push, requests)
         except Exception:
             self.dropped_frames += 1
             log.exception("dropped a frame that could not be handled")
 
-    def _receive(self, frames: list[bytes], push: zmq.Socket) -> None:
+    def _receive(self, frames: list[bytes], push: zmq.Socket, requests: bool = True) -> None:
+        """A frame from the stage's socket (requests, and cancels from an older gateway) or, with
+        requests False, from the control broadcast (cancels only)."""
         try:
             message, payload = proto.decode(frames)
         except ProtocolError as exc:
@@ -269,12 +279,14 @@ class Worker:
             return
         if isinstance(message, TurnCancel):
             self.book.cancel(message.session, message.turn)
+            self.observe.received(message)
             return
-        if not isinstance(message, self.stage.request_type):
+        if not requests or not isinstance(message, self.stage.request_type):
             self.dropped_frames += 1
             log.warning("dropped unexpected %s", proto.tag_of(message))
             return
         self.book.note(message.session, message.turn)
+        self.observe.received(message)
         if self.draining.is_set():
             self._reject(message, "shutdown", f"{self.stage.name} stage is shutting down", push)
             return
@@ -286,6 +298,7 @@ class Worker:
 
     def _reject(self, request: Envelope, kind: str, text: str, push: zmq.Socket) -> None:
         error = StageError(stage=self.stage.name, kind=kind, message=text)
+        self.observe.rejected(request, kind, text)
         self._forward(proto.encode(self.stamp(error, reply_to=request)), push)
 
     # --- the main thread -----------------------------------------------------------------------
@@ -356,13 +369,13 @@ class Worker:
     def _process(self, request: Envelope, payload: list[bytes]) -> None:
         turn = TurnContext(request, self.book, self.draining)
         if turn.should_stop():
-            log.info("skipped %s session=%s turn=%s: %s", proto.tag_of(request), request.session,
-                     request.turn, turn.stale_reason())
+            self.observe.stale_dropped(request, turn.stale_reason())
             return
         with self._busy_lock:
             if self._busy == 0:
                 self.state, self.busy_since = "busy", time.monotonic()
             self._busy += 1
+        started = self.observe.started(request)
         outputs = self.stage.handle(request, payload, turn)
         try:
             for message, frames in outputs:
@@ -374,22 +387,24 @@ class Worker:
         except BadRequest as exc:
             self._fail(request, "bad_request", str(exc))
         except Exception as exc:  # a model failure must not take the worker down
-            log.exception("%s failed on session=%s turn=%s", self.stage.name, request.session, request.turn)
+            log.exception("%s failed on a request", self.stage.name, extra=turn_fields(request.session, request.turn))
             self._fail(request, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             outputs.close()
+            self.observe.finished(request, turn, started)
             with self._busy_lock:
                 self._busy -= 1
                 if self._busy == 0 and self.state == "busy":
                     self.state = "ready"
 
     def _fail(self, request: Envelope, kind: str, text: str) -> None:
+        self.observe.failed(request, kind, text)
         self.send(StageError(stage=self.stage.name, kind=kind, message=text), reply_to=request)
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("S2S_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(process: str = "worker") -> None:
+    """JSON lines (or text: S2S_LOG_FORMAT) on stderr; see services/runtime/logs.py."""
+    configure_process_logging(process)
 
 
 def apply_cpu_settings(settings: StageSettings) -> None:
@@ -410,7 +425,7 @@ def apply_cpu_settings(settings: StageSettings) -> None:
 
 def main(stage_factory) -> None:
     """Entry point shared by s2s-asr, s2s-llm and s2s-tts."""
-    configure_logging()
+    configure_logging(stage_factory.name)
     try:
         settings = StageSettings.load(stage_factory.name)
         curve.worker_keys(settings, stage_factory.name)  # tcp endpoints without CURVE keys: refused
@@ -419,4 +434,6 @@ def main(stage_factory) -> None:
     except ConfigError as exc:
         log.error("%s stage cannot start: %s", stage_factory.name, exc)
         sys.exit(EXIT_CONFIG)
-    sys.exit(Worker(stage, settings).run())
+    worker = Worker(stage, settings)
+    worker.observe.serve()  # its own metrics port; one that is taken is logged, never fatal
+    sys.exit(worker.run())

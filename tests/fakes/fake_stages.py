@@ -10,7 +10,7 @@ import zmq
 import proto
 from proto import (AsrFinal, AsrRequest, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
                    TtsAudio, TtsDone, TtsRequest, TurnCancel)
-from services.runtime.endpoints import STAGES, events_endpoint, stage_endpoint
+from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint, stage_endpoint
 
 
 class FakeStages:
@@ -50,6 +50,12 @@ class FakeStages:
             sock.connect(stage_endpoint(stage, self.environ))
             pulls[sock] = stage
             poller.register(sock, zmq.POLLIN)
+        control = ctx.socket(zmq.SUB)  # the gateway's cancels, as every worker hears them
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.SUBSCRIBE, b"")
+        control.connect(control_endpoint(self.environ))
+        pulls[control] = "control"
+        poller.register(control, zmq.POLLIN)
 
         def send(message, *payload, reply_to=None):
             if reply_to is not None:
@@ -89,6 +95,6 @@ class FakeStages:
                                   compute_s=0.01), pcm, reply_to=message)
                     send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
         push.close(0)
-        for sock in pulls:
+        for sock in pulls:  # the stages' sockets and the control socket
             sock.close(0)
         ctx.term()

@@ -1,0 +1,364 @@
+"""The `openai-compatible` LLM backend: replies streamed from a server that speaks the OpenAI
+chat-completions API (vLLM, SGLang, llama.cpp's llama-server, Ollama, `transformers serve`), so
+the model can run on another machine, or on many behind one address.
+
+Standard library only (http.client). Each reply is one POST /chat/completions with "stream":
+true, read line by line as Server-Sent Events, so every piece reaches the stage's sentence
+chunker the moment it arrives. The stage sees what it sees from the transformers backend:
+messages in (the persona's system prompt and the history), text pieces out. A cancelled turn, or a
+stage that stops reading, closes the connection, and the server stops generating that reply.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import ssl
+import stat
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
+
+from services.runtime.errors import ConfigError
+from services.runtime.net import is_loopback_host
+
+log = logging.getLogger("s2s.llm.remote")
+
+NAME = "openai-compatible"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+MAX_LINE = 1 << 20  # one SSE line (one chunk's JSON) longer than this is not a chat stream
+MAX_BODY = 1 << 20  # how much of a JSON answer (a model list, an error) is read
+
+
+class RemoteLlmError(RuntimeError):
+    """One reply failed at the server or on the way back: that turn's error, never the worker's."""
+
+
+def parse_base_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of S2S_LLM_BASE_URL, or a ConfigError saying what is wrong."""
+    parts = urlsplit((url or "").strip())
+    example = f"such as {DEFAULT_BASE_URL}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"S2S_LLM_BASE_URL must be an http:// or https:// URL {example}, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("S2S_LLM_BASE_URL must not carry credentials: put the API key in a file "
+                          "named by S2S_LLM_API_KEY_FILE")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"S2S_LLM_BASE_URL must be the API root {example}, without ?query or #fragment")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"S2S_LLM_BASE_URL has an invalid port: {url!r}") from None
+    return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+
+def read_api_key(path: str) -> str:
+    """The key in `path` (one line). Like a CURVE secret key, the file must be private (0600)."""
+    where = f"S2S_LLM_API_KEY_FILE={path}"
+    file = Path(path).expanduser()
+    try:
+        mode = file.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where} is not a file")
+        if mode & 0o077:
+            raise ConfigError(f"{where} can be read by others (mode {stat.S_IMODE(mode):04o}); "
+                              f"run `chmod 600 {file}`")
+        key = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not a text file") from None
+    if not key or any(c.isspace() or not c.isprintable() for c in key):
+        raise ConfigError(f"{where} must hold the key alone, on one line")  # never the key itself
+    return key
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an error answer: OpenAI's {"error": {"message"}}, vLLM's {"message"},
+    FastAPI's {"detail"}, a bare {"error": "..."}, or the start of whatever text it is."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300] or "(empty answer)"
+    found = _chunk_error(data) if isinstance(data, dict) else None
+    if found is None and isinstance(data, dict) and "detail" in data:
+        found = data["detail"]
+    return str(found if found is not None else text)[:300]
+
+
+def _chunk_error(data: dict):
+    """The error a stream chunk (or an error answer) carries, else None."""
+    error = data.get("error")
+    if error:
+        return error.get("message") or error if isinstance(error, dict) else error
+    if data.get("object") == "error":  # vLLM's ErrorResponse
+        return data.get("message") or "error"
+    return None
+
+
+def _read_json(response: http.client.HTTPResponse):
+    return json.loads(response.read(MAX_BODY).decode("utf-8"))
+
+
+def sse_events(response) -> Iterator[tuple[str, str]]:
+    """(event, data) of each Server-Sent Event in a readable byte stream, as each one completes.
+    Comments (keep-alives) are skipped; an event cut off by the end of the stream is dropped."""
+    event, data = "", []
+    while True:
+        raw = response.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE:
+            raise RemoteLlmError(f"a line of the event stream is longer than {MAX_LINE} bytes")
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise RemoteLlmError(f"the event stream is not UTF-8: {raw[:80]!r}") from None
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+
+
+class OpenAICompatibleBackend:
+    """Chat completions streamed from an OpenAI-compatible server."""
+
+    name = NAME
+    # Each reply is its own HTTP request: the server batches replies in flight (S2S_LLM_PARALLEL).
+    thread_safe = True
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        model: str = DEFAULT_MODEL,
+        api_key_file: str | None = None,
+        temperature: float = 0.0,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        wait_s: float = 0.0,
+    ):
+        # No I/O here: load() reaches the server and reads the key.
+        self.scheme, self.host, self.port, self.path = parse_base_url(base_url)
+        self.base_url = f"{self.scheme}://{urlsplit(base_url.strip()).netloc}{self.path}"
+        self.model = self.model_label = model
+        self.api_key_file = api_key_file
+        self.temperature = temperature
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.wait_s = wait_s
+        self.device = f"remote: {urlsplit(self.base_url).netloc}"
+        self._auth: dict[str, str] = {}
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "model": self.model, "device": self.device}
+
+    # --- load ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the key, then check that the server answers and serves the model (GET /models)."""
+        if self.api_key_file:
+            self._auth = {"Authorization": f"Bearer {read_api_key(self.api_key_file)}"}
+            if self.scheme == "http" and not is_loopback_host(self.host):
+                log.warning("the LLM API key goes to %s over plain http: anyone on the path can read it "
+                            "(use https:// or a private network)", self.base_url)
+        served = self._served_models()
+        if not any(self._is_model(served_id) for served_id in served):
+            listed = ", ".join(repr(m) for m in served[:10]) + (" ..." if len(served) > 10 else "")
+            raise ConfigError(f"the LLM server at {self.base_url} does not serve {self.model!r} "
+                              f"(S2S_LLM_MODEL); it serves: {listed or 'no model'}")
+        log.info("the LLM server at %s serves %s", self.base_url, self.model)
+
+    def _is_model(self, served_id: str) -> bool:
+        # Ollama lists "name:latest" for a model asked for as "name".
+        return served_id == self.model or (":" not in self.model and served_id == f"{self.model}:latest")
+
+    def _served_models(self) -> list[str]:
+        """The ids GET /models lists; waits up to wait_s for a server that is down or starting."""
+        deadline = time.monotonic() + self.wait_s
+        url = f"{self.base_url}/models"
+        while True:
+            try:
+                conn, response = self._open("GET", "/models")
+                try:
+                    status = response.status
+                    body = _read_json(response) if status == 200 else response.read(MAX_BODY)
+                finally:
+                    conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"cannot reach the LLM server at {self.base_url} ({_reason(exc)})"
+            except ValueError:
+                raise ConfigError(f"GET {url} did not answer JSON: is S2S_LLM_BASE_URL the API root "
+                                  f"of an OpenAI-compatible server, such as {DEFAULT_BASE_URL}?") from None
+            else:
+                if status == 200:
+                    data = body.get("data") if isinstance(body, dict) else None
+                    if not isinstance(data, list):
+                        raise ConfigError(f"GET {url} did not answer a model list")
+                    return [str(m.get("id")) for m in data if isinstance(m, dict)]
+                message = _error_message(body)
+                if status in (401, 403):
+                    raise ConfigError(f"the LLM server at {self.base_url} refused the request ({status}: "
+                                      f"{message}): check S2S_LLM_API_KEY_FILE")
+                if status == 404:
+                    raise ConfigError(f"GET {url} answered 404: S2S_LLM_BASE_URL must be the API root, "
+                                      f"such as {DEFAULT_BASE_URL}")
+                if status not in (502, 503, 504):
+                    raise ConfigError(f"GET {url} answered {status}: {message}")
+                problem = f"the LLM server at {self.base_url} is not ready ({status}: {message})"
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {self.wait_s:g} s (S2S_LLM_SERVER_WAIT_S)" if self.wait_s else ""
+                raise ConfigError(f"{problem}{waited}: start it, or set S2S_LLM_BASE_URL")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    # --- one reply ----------------------------------------------------------------------
+
+    def _open(self, method: str, path: str, body: bytes | None = None,
+              accept: str = "application/json") -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout_s,
+                                               context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s)
+        try:
+            conn.connect()
+            conn.sock.settimeout(self.read_timeout_s)  # from here on: the longest silence allowed
+            headers = {"Accept": accept, **self._auth}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, self.path + path, body=body, headers=headers)
+            return conn, conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+
+    def stream(
+        self,
+        messages: list[dict],
+        max_new_tokens: int = 220,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[str]:
+        """Yield the reply's text pieces as the server sends them. A stop (should_stop, or closing
+        the generator) ends the reply within one piece and closes the connection."""
+        body = json.dumps({"model": self.model, "messages": messages, "stream": True,
+                           "max_tokens": max_new_tokens, "temperature": self.temperature}).encode()
+        if should_stop():
+            return
+        try:
+            conn, response = self._open("POST", "/chat/completions", body, accept="text/event-stream")
+        except (OSError, http.client.HTTPException) as exc:
+            raise RemoteLlmError(f"cannot reach the LLM server at {self.base_url} ({_reason(exc)})") from None
+        pieces, finished = 0, False
+        try:
+            if response.status != 200:
+                message = _error_message(response.read(MAX_BODY))
+                raise RemoteLlmError(f"the LLM server at {self.base_url} answered {response.status}: {message}")
+            content_type = response.getheader("Content-Type") or "no content type"
+            if not content_type.startswith("text/event-stream"):
+                raise RemoteLlmError(f"the LLM server at {self.base_url} answered {content_type}, "
+                                     "not an event stream")
+            for event, data in sse_events(response):
+                if data.strip() == "[DONE]":
+                    finished = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    chunk = None
+                if not isinstance(chunk, dict):
+                    raise RemoteLlmError(f"the LLM server at {self.base_url} sent a malformed event: {data[:200]!r}")
+                error = _chunk_error(chunk) or (data if event == "error" else None)
+                if error:
+                    raise RemoteLlmError(f"the LLM server at {self.base_url} failed mid-reply: {error}")
+                for choice in chunk.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    finished = finished or bool(choice.get("finish_reason"))
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if isinstance(delta, dict) else None
+                    if piece and isinstance(piece, str):
+                        if should_stop():
+                            return
+                        pieces += 1
+                        yield piece
+                        if should_stop():
+                            return
+            if not finished:
+                raise RemoteLlmError(f"the LLM server at {self.base_url} ended the stream mid-reply "
+                                     f"(after {pieces} pieces)")
+        except (OSError, http.client.HTTPException) as exc:
+            if finished:
+                return  # the reply was complete; only the end of the stream was lost
+            if isinstance(exc, TimeoutError):
+                raise RemoteLlmError(f"the LLM server at {self.base_url} sent nothing for "
+                                     f"{self.read_timeout_s:g} s (S2S_LLM_READ_TIMEOUT_S)") from None
+            raise RemoteLlmError(f"lost the LLM server at {self.base_url} mid-reply after {pieces} pieces "
+                                 f"({_reason(exc)})") from None
+        finally:
+            _hang_up(conn, response)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _hang_up(conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    """Close the connection at once, so the server sees the client leave and stops generating
+    (the response's file object would otherwise keep the socket open)."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    response.close()
+    conn.close()
+
+
+def plan(settings, prepare: bool = True, log_line=None):
+    """The stage's plan for this backend (see services/models/resolve.py): the model is the
+    server's, so nothing is resolved or downloaded here. No I/O: load() reaches the server."""
+    from services.models.resolve import Plan
+
+    base_url = settings.get("BASE_URL", DEFAULT_BASE_URL)
+    model = settings.get("MODEL", DEFAULT_MODEL)
+    options = dict(
+        base_url=base_url, model=model, api_key_file=settings.get("API_KEY_FILE"),
+        temperature=settings.get_float("TEMPERATURE", 0.0),
+        connect_timeout_s=settings.get_float("CONNECT_TIMEOUT_S", 5.0),
+        read_timeout_s=settings.get_float("READ_TIMEOUT_S", 60.0),
+        wait_s=settings.get_float("SERVER_WAIT_S", 0.0),
+    )
+    for key in ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"):
+        if settings.get_float(key, 1.0) <= 0:
+            raise ConfigError(f"S2S_LLM_{key} must be more than 0")
+    if options["wait_s"] < 0 or options["temperature"] < 0:
+        raise ConfigError("S2S_LLM_SERVER_WAIT_S and S2S_LLM_TEMPERATURE must not be negative")
+    server = OpenAICompatibleBackend(**options)  # checks the URL; no I/O
+    return Plan(NAME, options, model, "remote", f"served by the OpenAI-compatible server at {server.base_url}")
+
+
+def stage_info(settings):
+    """What the settings ask for, before load(): backend, model, device "remote: <host>"."""
+    from services.runtime.worker import StageInfo
+
+    planned = plan(settings)
+    return StageInfo(NAME, planned.model, OpenAICompatibleBackend(**planned.options).device,
+                     planned.source, planned.reason)

@@ -1,0 +1,134 @@
+"""Operating and scaling stages in the real product (supervisord, real processes, tiny models):
+several workers per stage share the work and cover for one that dies, and an operator swaps a
+stage's backend (edit its env file, restart it) while the load-test harness keeps talking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.audio import spoken_wav
+from tests.fixtures.ct2_writer import scripted_whisper_state, write_ct2_whisper_dir
+from tests.product import running, tiny_env
+from tests.streams import Stream, assert_ends_once, wait_for
+from tests.test_whisper_ct2 import SCRIPTED
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def question(tmp_path_factory):
+    return spoken_wav("What is the capital of France?", tmp_path_factory.mktemp("wav") / "question.wav")
+
+
+@pytest.fixture(scope="module")
+def asr_env_file(tmp_path_factory, tiny_whisper):
+    """The ASR stage's env file, the one an operator edits to swap its backend."""
+    path = tmp_path_factory.mktemp("config") / "asr.env"
+    path.write_text(f"S2S_ASR_BACKEND=openai-whisper\nS2S_ASR_MODEL={tiny_whisper}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def product(tiny_whisper, tiny_qwen2, tiny_kokoro, asr_env_file):
+    env = tiny_env(tiny_whisper, tiny_qwen2, tiny_kokoro)
+    for name in ("S2S_ASR_BACKEND", "S2S_ASR_MODEL"):  # from the env file instead, to be swapped
+        del env[name]
+    env.update({"S2S_ASR_ENV_FILE": str(asr_env_file), "S2S_LLM_MAX_NEW_TOKENS": "30"})
+    with running(env, workers={"llm": 2, "tts": 2}) as product:
+        yield product
+
+
+def workers(product, stage: str) -> dict[str, dict]:
+    _, body = product.get_json("/api/stages")
+    return {w["instance"]: w for w in body["stages"][stage]["workers"]}
+
+
+async def run_turns(product, wav: bytes, count: int) -> list[Stream]:
+    streams = [await Stream(product.url).start(wav) for _ in range(count)]
+    await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 180)
+    return streams
+
+
+def test_requests_spread_over_the_workers_of_a_stage(product, question):
+    assert len(workers(product, "tts")) == 2 and len(workers(product, "llm")) == 2
+    streams = asyncio.run(run_turns(product, question.read_bytes(), 4))
+    for stream in streams:
+        assert_ends_once(stream)
+        assert stream.ending[0] == "done", stream.ending
+    # each worker of each stage answered some of the four turns
+    for stage in ("llm", "tts"):
+        served = {w["pid"]: w["results"] for w in workers(product, stage).values()}
+        assert len(served) == 2 and all(served.values()), (stage, served)
+
+
+def test_a_dead_workers_requests_go_to_another_worker(product, question):
+    """One TTS worker is held still with its share of the sentences, then killed: the gateway
+    sends what it held to the stage again, the other worker speaks it, and every turn completes."""
+    wav = question.read_bytes()
+
+    async def scenario():
+        _, before = product.get_json("/api/stages")
+        pids = product.pids()
+        victim, survivor = pids["tts:tts_0"], pids["tts:tts_1"]
+        os.kill(victim, signal.SIGSTOP)  # it takes its share and holds it (under the 3 s that make it "down")
+        try:
+            streams = [await Stream(product.url).start(wav) for _ in range(3)]
+            await wait_for(lambda: all(s.saw("transcript") for s in streams), 60, "transcripts")
+            await asyncio.sleep(1.0)  # the replies' sentences reach both workers
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        served_before = {w["pid"]: w["results"] for w in workers(product, "tts").values()}
+        await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 120)
+        _, after = product.get_json("/api/stages")
+        served_after = {w["pid"]: w["results"] for w in workers(product, "tts").values()}
+        return streams, before, after, survivor, served_before, served_after
+
+    streams, before, after, survivor, served_before, served_after = asyncio.run(scenario())
+    for stream in streams:
+        assert_ends_once(stream, "tts")
+        assert stream.ending[0] == "done", stream.ending
+    assert after["resent_requests"] > before["resent_requests"]  # what the dead worker held went again
+    assert served_after[survivor] > served_before.get(survivor, 0)
+
+
+def test_swapping_the_asr_backend_while_the_harness_runs(product, question, asr_env_file, tmp_path):
+    """Edit the env file, restart the stage: no turn of the running harness fails (the request in
+    flight is sent again to the new worker), and /api/stages shows the new backend."""
+    ct2 = write_ct2_whisper_dir(scripted_whisper_state(SCRIPTED), SCRIPTED, tmp_path / "ct2")  # says "hello"
+    _, before = product.get_json("/api/stages")
+    assert before["stages"]["asr"]["backend"] == "openai-whisper"
+    out = tmp_path / "harness"
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "services.loadtest", "--url", product.url, "--turns", "8", "--concurrency", "2",
+         "--max-seconds", "400", "--quiet", "--out", str(out), str(question)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while workers(product, "tts") and sum(w["results"] for w in workers(product, "tts").values()) < 4:
+            assert harness.poll() is None and time.monotonic() < deadline, "the harness made no progress"
+            time.sleep(0.2)
+        asr_env_file.write_text(f"S2S_ASR_BACKEND=faster-whisper\nS2S_ASR_MODEL={ct2}\n")
+        product.ctl("restart", "asr")
+        assert harness.poll() is None, "the harness finished before the swap"
+        output, _ = harness.communicate(timeout=420)
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait(10)
+    assert harness.returncode == 0, output
+    [run] = json.loads((out / "report.json").read_text())["runs"]
+    assert run["turns"] == 8 and run["errors"] == 0, run["errors_by_detail"]
+    _, after = product.get_json("/api/stages")
+    asr = after["stages"]["asr"]
+    assert (asr["backend"], asr["model"], asr["state"]) == ("faster-whisper", str(ct2), "ready")
+    [new_worker] = asr["workers"]
+    assert new_worker["results"] > 0  # later turns of the harness went through the new backend
