@@ -320,7 +320,8 @@ class Gateway:
                     return action.ok
             item = await self._next(turn, TICK_S)
             if turn.cancelled.is_set():
-                await sse.send("error", {"message": turn.cancel_reason})
+                kind = "shutdown" if turn.cancel_reason == SHUTTING_DOWN else "cancelled"
+                await sse.send("error", {"message": turn.cancel_reason, "kind": kind})
                 return False
             if self._disconnected(request):
                 return False

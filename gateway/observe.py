@@ -44,17 +44,6 @@ REQUEST_ROUTES = ("/upload", "/stream/{session_id}")
 STATUS_KINDS = {429: "too_many", 503: "shutdown"}
 
 
-def error_kind(message: str) -> str:
-    """The kind of a turn's error event that names a stage (gateway/turn.py words them)."""
-    if "did not answer in time" in message:
-        return "timeout"
-    if "is not available" in message:
-        return "unavailable"
-    if "No speech" in message:
-        return "no_speech"
-    return "stage_error"
-
-
 @dataclass
 class TurnTrace:
     """One streamed turn, as the observer follows it."""
@@ -257,14 +246,7 @@ class GatewayObserver:
                      total_s=round(now - trace.started, 4))
         elif event == "error":
             stage = data.get("stage")
-            if stage:
-                kind = error_kind(data.get("message", ""))
-            elif getattr(self.gateway, "shutting_down", False):
-                kind = "shutdown"
-            elif trace.live.cancelled.is_set():
-                kind = "cancelled"
-            else:
-                kind = "error"
+            kind = data.get("kind") or "error"  # named where the error is made (gateway/turn.py, app.py)
             trace.outcome, trace.stage = kind, stage or "gateway"
             log_turn(log, f"error: {kind}", trace.session, trace.turn, level=logging.WARNING, kind=kind,
                      stage=trace.stage, error=data.get("message"))

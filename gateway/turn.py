@@ -89,9 +89,10 @@ class TurnState:
         self.ended = True
         self.pcm, self.llm_request = b"", None  # nothing will be sent again
 
-    def _end_error(self, message: str, stage: str | None) -> list[Action]:
+    def _end_error(self, message: str, stage: str | None, kind: str) -> list[Action]:
+        """kind: timeout | unavailable | stage_error | no_speech (metrics and clients count by it)."""
         self._end()
-        data = {"message": message}
+        data = {"message": message, "kind": kind}
         if stage:
             data["stage"] = stage
         return [Emit("error", data), Finish(ok=False)]
@@ -119,7 +120,8 @@ class TurnState:
         if self.ended or (message.session, message.turn) != (self.session, self.turn):
             return []  # late or foreign results never reach another turn
         if isinstance(message, StageError):
-            return self._end_error(f"The {message.stage.upper()} stage failed: {message.message}", message.stage)
+            return self._end_error(f"The {message.stage.upper()} stage failed: {message.message}", message.stage,
+                                   "stage_error")
         if isinstance(message, AsrFinal) and self.phase == "asr":
             return self._on_transcript(message)
         if self.phase != "llm":
@@ -141,12 +143,12 @@ class TurnState:
         stage = self.waiting_on()
         if stage is None:
             return []
-        return self._end_error(f"The {stage.upper()} stage did not answer in time.", stage)
+        return self._end_error(f"The {stage.upper()} stage did not answer in time.", stage, "timeout")
 
     def on_stage_down(self, stage: str, reason: str) -> list[Action]:
         if self.ended:
             return []
-        return self._end_error(f"The {stage.upper()} stage is not available: {reason}", stage)
+        return self._end_error(f"The {stage.upper()} stage is not available: {reason}", stage, "unavailable")
 
     # --- transitions ---------------------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class TurnState:
         self.timing["asr"] = message.compute_s
         actions: list[Action] = [Emit("transcript", {"text": self.user_text, "asr_time": message.compute_s})]
         if not self.user_text:
-            return actions + self._end_error("No speech was recognized. Please try again.", "asr")
+            return actions + self._end_error("No speech was recognized. Please try again.", "asr", "no_speech")
         self.phase = "llm"
         history = [*self.history, ChatMessage("user", self.user_text)]
         self.llm_request = self._ids(LlmRequest(persona=self.persona, history=history,

@@ -130,7 +130,7 @@ def test_stop_ends_the_turn_and_the_next_one_starts_at_once(product, question):
 
     stopped, following = asyncio.run(scenario())
     assert_ends_once(stopped)
-    assert stopped.ending == ("error", {"message": "The turn was cancelled."})
+    assert stopped.ending == ("error", {"message": "The turn was cancelled.", "kind": "cancelled"})
     assert_ends_once(following)
     assert following.ending[0] == "done"
 

@@ -225,7 +225,8 @@ async def test_a_stage_that_never_answers_times_the_turn_out(make_client, stages
                                                stage_timeout_s=0.5))
     await wait_ready(client)
     _, events = await turn(client)
-    assert events[-1] == ("error", {"message": "The TTS stage did not answer in time.", "stage": "tts"})
+    assert events[-1] == ("error", {"message": "The TTS stage did not answer in time.", "stage": "tts",
+                                    "kind": "timeout"})
 
 
 def test_a_stage_is_progressing_only_while_it_answers_some_turn():
@@ -287,7 +288,7 @@ async def test_shutdown_ends_open_streams_with_an_error_and_refuses_new_turns(ma
     await gateway.shutdown(client.server.app)  # what aiohttp runs on SIGTERM
     events = parse_sse(first.decode() + await stream.text())
     assert [name for name, _ in events] == ["transcript", "error"]
-    assert "shutting down" in events[-1][1]["message"]
+    assert "shutting down" in events[-1][1]["message"] and events[-1][1]["kind"] == "shutdown"
     assert not gateway.live
     resp = await client.post("/upload", data=tone_wav(1.0))
     assert resp.status == 503 and "shutting down" in (await resp.json())["error"]

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.bus import Bus
-from gateway.observe import error_kind
 from gateway.settings import GatewaySettings
 from gateway.turn import TurnState
 from proto import AsrFinal, StageError, TtsDone, TtsRequest
@@ -129,7 +128,7 @@ def test_every_error_a_turn_can_end_with_has_its_kind():
         return state
 
     def kind(actions):
-        return error_kind(next(a.data["message"] for a in actions if getattr(a, "event", "") == "error"))
+        return next(a.data["kind"] for a in actions if getattr(a, "event", "") == "error")
 
     assert kind(fresh().on_timeout()) == "timeout"
     assert kind(fresh().on_stage_down("asr", "down")) == "unavailable"
