@@ -212,7 +212,9 @@ class Worker:
                         self._forward_outbox(push)
                 if self._retry:
                     self._resend()
-                if time.monotonic() >= next_beat:
+                # No beat while a lifecycle message waits for the gateway: it would overtake the
+                # hello (and the gateway learns the worker from its hello first).
+                if time.monotonic() >= next_beat and not self._retry:
                     next_beat = time.monotonic() + HEARTBEAT_S
                     self._forward(proto.encode(self.stamp(self._heartbeat())), push)
             # Flush what the main thread queued last (stage.bye, a load failure) before closing.
