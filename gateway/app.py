@@ -351,15 +351,10 @@ class Gateway:
         return not queued or silent > self.settings.queue_timeout_s
 
     def _will_be_ready(self, stage: str) -> bool:
-        """Worth waiting for: loading, or never seen yet, or its instance went away (supervisor
-        starts another). Not a stage that hangs (alive but silent) or failed to load."""
+        """Worth waiting for: loading, or never seen yet, or every worker of it went away
+        (supervisor starts others). Not a stage that hangs (alive but silent) or failed to load."""
         state = self.board.state(stage)
-        if state in ("loading", "draining"):
-            return True
-        if state != "down":
-            return False
-        instance = self.board.instance(stage)
-        return not instance or self.board.is_gone(instance)
+        return state in ("loading", "draining") or (state == "down" and not self.board.has_workers(stage))
 
     async def _send(self, state: TurnState, action: Send, recovery: Recovery, abandoned) -> list:
         """Send to a stage, waiting a while for one that is loading or restarting; [] on success."""
@@ -369,16 +364,16 @@ class Gateway:
             while (not self.board.is_ready(action.stage) and time.monotonic() < deadline
                    and self._will_be_ready(action.stage) and not self.shutting_down and not abandoned()):
                 await asyncio.sleep(0.1)
+            if not self.board.is_ready(action.stage):
+                return state.on_stage_down(action.stage, self.board.state(action.stage))
             action.message.sent = time.monotonic()
             try:
-                if not self.board.is_ready(action.stage):
-                    raise StageUnavailable(self.board.state(action.stage))
                 self.bus.send(action.stage, action.message, *action.payload)
             except StageUnavailable as exc:
                 # A worker killed a moment ago looks ready until its closed connection is seen
                 # (within NO_WORKER_GRACE_S); then the stage is restarting and is waited for above.
                 no_worker_since = no_worker_since or time.monotonic()
-                if (self.board.is_ready(action.stage) and not self.shutting_down and not abandoned()
+                if (not self.shutting_down and not abandoned()
                         and time.monotonic() - no_worker_since < NO_WORKER_GRACE_S):
                     await asyncio.sleep(0.05)
                     continue

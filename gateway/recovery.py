@@ -33,8 +33,8 @@ class Recovery:
         self.resent_requests = 0
 
     def sent(self, stage: str, message: Envelope) -> None:
-        self.holders[request_key(stage, message)] = (self.board.ready_instances(stage)
-                                                     or {self.board.instance(stage)})
+        """Sent to a ready stage: one of its ready workers has it."""
+        self.holders[request_key(stage, message)] = self.board.ready_instances(stage)
 
     def on_message(self, message: Envelope) -> bool:
         """Notes which worker answers each request. True when the message is about lost work and is
@@ -59,10 +59,11 @@ class Recovery:
     def _lost_holders(self, stage: str, requests: list[Send]) -> set[str]:
         """Workers holding some of these requests that will not answer: gone, or hung (down,
         stuck) while another worker of the stage takes requests."""
-        up = self.board.ready_instances(stage)
         holders = set().union(*(self.holders.get(request_key(stage, r.message), set()) for r in requests))
-        return {h for h in holders if self.board.is_gone(h) or (h not in up and up - {h}
-                                                                and self.board.worker_state(stage, h) in ("down", "stuck"))}
+        up = self.board.ready_instances(stage)  # a hung holder is never among them
+        hung = {h for h in holders if self.board.worker_state(stage, h) in ("down", "stuck")}
+        gone = {h for h in holders if self.board.is_gone(h)}
+        return gone | (hung if up else set())
 
     def waiting(self) -> bool:
         """Waiting for a replacement instance (the turn's silence is expected meanwhile)."""
@@ -114,5 +115,5 @@ class Recovery:
         if state == "down" and not status.error:
             return "it stopped responding (no heartbeat)"
         if state == "stuck":
-            return f"it has been busy for {status.busy_ms / 1000:.0f} s without a result"
+            return f"it has been busy for {self.board.busy_ms(stage) / 1000:.0f} s without a result"
         return state + (f": {status.error}" if status.error else "")

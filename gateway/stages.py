@@ -42,8 +42,6 @@ class StageStatus:
     reason: str = ""  # why that model and source
     pid: int = 0
     instance: str = ""  # the worker that spoke last
-    queue_depth: int = 0
-    busy_ms: int = 0
     load_s: float = 0.0
     error: str = ""
     last_seen: float = 0.0  # monotonic
@@ -91,7 +89,6 @@ class StageBoard:
         elif isinstance(message, StageHeartbeat):
             status.state = message.state
             worker.state, worker.queue_depth, worker.busy_ms = message.state, message.queue_depth, message.busy_ms
-            status.queue_depth, status.busy_ms = message.queue_depth, message.busy_ms
             if message.backend:
                 status.backend, status.model, status.device = message.backend, message.model, message.device
                 status.source = message.source
@@ -188,6 +185,14 @@ class StageBoard:
     def is_ready(self, stage: str) -> bool:
         return self.state(stage) in ("ready", "busy")
 
+    def has_workers(self, stage: str) -> bool:
+        """Some worker of the stage is still there (connected, not said bye), whatever its state."""
+        return bool(self.stages[stage].workers)
+
+    def busy_ms(self, stage: str) -> int:
+        """The longest a worker of the stage has been busy without a break (last heartbeats)."""
+        return max((w.busy_ms for w in self.stages[stage].workers.values()), default=0)
+
     def snapshot(self) -> dict[str, dict]:
         now = self.clock()
         out = {}
@@ -196,6 +201,7 @@ class StageBoard:
             info["state"] = self.state(name)
             info["last_seen_s_ago"] = round(now - status.last_seen, 3) if status.last_seen else None
             info["queue_depth"] = sum(w.queue_depth for w in status.workers.values())
+            info["busy_ms"] = self.busy_ms(name)
             info["workers"] = [{"instance": w.instance, "pid": w.pid, "state": self.worker_state(name, w.instance),
                                 "queue_depth": w.queue_depth, "busy_ms": w.busy_ms, "results": w.results,
                                 "last_seen_s_ago": round(now - w.last_seen, 3)}
