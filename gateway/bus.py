@@ -15,13 +15,14 @@ from zmq.utils.monitor import recv_monitor_message
 import proto
 from proto import Envelope, ProtocolError
 from services.runtime.curve import CurveServer
-from services.runtime.endpoints import (STAGES, control_endpoint, ensure_run_dir, events_endpoint, run_dir,
-                                       stage_endpoint)
+from services.runtime.endpoints import (MAX_MESSAGE_BYTES, STAGES, control_endpoint, ensure_run_dir,
+                                       events_endpoint, run_dir, stage_endpoint)
 
 log = logging.getLogger("s2s.gateway.bus")
 
 PEER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MONITOR_POLL_S = 0.05
+ERROR_PAUSE_S = 0.05  # after an unexpected error in the reader: never a busy loop of errors
 
 
 class StageUnavailable(Exception):
@@ -39,6 +40,7 @@ class Bus:
         self.pull: zmq.asyncio.Socket | None = None
         self.control: zmq.Socket | None = None  # PUB: cancels to every worker
         self.dropped_frames = 0
+        self.reader_errors = 0  # unexpected errors in the reader or the watcher, each logged; both read on
         self._reader: asyncio.Task | None = None
         # Connection events of each stage's socket: a worker's process that dies (kill -9, a crash)
         # closes its connection at once, long before its heartbeats are missed. A hung one does not.
@@ -57,6 +59,7 @@ class Bus:
         for stage in STAGES:
             sock = self.send_ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
             sock.setsockopt(zmq.SNDHWM, 100)
             if self.curve:
                 self.curve.secure(sock)
@@ -65,11 +68,13 @@ class Bus:
             self.push[stage] = sock
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.curve:
             self.curve.secure(self.pull)
         self.pull.bind(events)
         self.control = self.send_ctx.socket(zmq.PUB)
         self.control.setsockopt(zmq.LINGER, 0)
+        self.control.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.curve:
             self.curve.secure(self.control)
         self.control.bind(control)
@@ -83,31 +88,39 @@ class Bus:
         pids: dict[tuple[str, int], int] = {}  # (stage, connection fd) -> the peer's pid
         while True:
             for stage, monitor in self.monitors.items():
-                while monitor.poll(0):
-                    event = recv_monitor_message(monitor)
-                    joined, fd = event["event"] == zmq.EVENT_ACCEPTED, event["value"]
-                    pid = peer_pid(fd) if joined else pids.pop((stage, fd), 0)
-                    if joined and pid:
-                        pids[(stage, fd)] = pid
-                    try:
+                try:
+                    while monitor.poll(0):
+                        event = recv_monitor_message(monitor)
+                        joined, fd = event["event"] == zmq.EVENT_ACCEPTED, event["value"]
+                        pid = peer_pid(fd) if joined else pids.pop((stage, fd), 0)
+                        if joined and pid:
+                            pids[(stage, fd)] = pid
                         on_peer(stage, joined, pid)
-                    except Exception:  # one bad callback must not stop the watcher
-                        log.exception("handling a %s connection event failed", stage)
+                except Exception:  # whatever it was, the watcher must go on: the gateway would go blind
+                    self.reader_errors += 1
+                    log.exception("handling a %s connection event failed", stage)
             await asyncio.sleep(MONITOR_POLL_S)
 
     async def _read(self, on_message) -> None:
-        while True:
-            frames = await self.pull.recv_multipart()
+        """Every message to on_message; a malformed one is counted and dropped, and any other
+        error is counted, logged and read past: a reader that stopped would leave the gateway up
+        but deaf to every stage, which supervisor cannot see."""
+        while not self.pull.closed:
             try:
-                message, payload = proto.decode(frames)
-            except ProtocolError as exc:
-                self.dropped_frames += 1
-                log.warning("dropped malformed frame: %s", exc)
-                continue
-            try:
+                frames = await self.pull.recv_multipart()
+                try:
+                    message, payload = proto.decode(frames)
+                except ProtocolError as exc:
+                    self.dropped_frames += 1
+                    log.warning("dropped malformed frame: %s", exc)
+                    continue
                 on_message(message, payload)
-            except Exception:  # one bad message must not stop the reader
-                log.exception("handling %s failed", proto.tag_of(message))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.reader_errors += 1
+                log.exception("the bus reader failed on a message; reading on")
+                await asyncio.sleep(ERROR_PAUSE_S)
 
     def send(self, stage: str, message: Envelope, *payload: bytes) -> None:
         """Never blocks: no connected worker or a full queue means the stage is unavailable."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from services.runtime.errors import ConfigError
+
 STAGES = ("asr", "llm", "tts")
+# The largest frame any bus socket accepts (ZMQ_MAXMSGSIZE): libzmq drops a peer that announces a
+# larger one instead of allocating it. Far above a real message: a 60 s recording is 1.9 MB of PCM,
+# a long sentence of speech about 1.5 MB.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
 def run_dir(environ: dict[str, str] | None = None) -> Path:
@@ -16,9 +23,26 @@ def run_dir(environ: dict[str, str] | None = None) -> Path:
 
 
 def ensure_run_dir(path: Path) -> Path:
-    """Create the run dir owner-only (0700): ipc sockets inherit its protection."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
+    """Create the run dir owner-only (0700): ipc sockets inherit its protection.
+
+    A dir that is already there must be a real directory of this user's: in a shared /tmp anyone
+    can create /tmp/s2s-<uid> (or a symlink by that name) first, to take or block the bus.
+    ConfigError otherwise, which names the dir and what to do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    fix = "remove it, or set S2S_RUN_DIR to a directory of your own"
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"the run dir {path} is a symbolic link (to {os.readlink(path)}); {fix}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"the run dir {path} is not a directory; {fix}")
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"the run dir {path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()}): "
+                          f"another user may have made it to reach or block the bus; {fix}")
+    if info.st_mode & 0o077:
         path.chmod(0o700)
     return path
 

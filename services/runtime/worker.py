@@ -26,7 +26,8 @@ import proto
 from proto import Envelope, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady
 from proto import TurnCancel
 from services.runtime import curve
-from services.runtime.endpoints import control_endpoint, ensure_run_dir, events_endpoint, run_dir, stage_endpoint
+from services.runtime.endpoints import (MAX_MESSAGE_BYTES, control_endpoint, ensure_run_dir, events_endpoint, run_dir,
+                                       stage_endpoint)
 from services.runtime.errors import EXIT_CONFIG, BadRequest, ConfigError
 from services.runtime.logs import configure_logging as configure_process_logging
 from services.runtime.logs import turn_fields
@@ -189,6 +190,7 @@ class Worker:
         keys = curve.worker_keys(self.settings, self.stage.name)  # None: plain ipc (checked in main)
         for sock in (pull, push, control):
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a larger frame drops its sender
             curve.secure_client(sock, keys)  # tcp: authenticated to the gateway with CURVE
         # Nothing stale is queued for a gateway that is not there (or restarts).
         push.setsockopt(zmq.IMMEDIATE, 1)
@@ -431,6 +433,7 @@ def main(stage_factory) -> None:
     try:
         settings = StageSettings.load(stage_factory.name)
         curve.worker_keys(settings, stage_factory.name)  # tcp endpoints without CURVE keys: refused
+        ensure_run_dir(run_dir())  # a run dir of someone else's, or a symlink: refused
         apply_cpu_settings(settings)
         stage = stage_factory(settings)
     except ConfigError as exc:
