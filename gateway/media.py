@@ -4,6 +4,13 @@ The container is chosen from the file's magic bytes (never ffmpeg's probing), ff
 only from a pipe (protocol whitelist), runs in its own process group under a time limit, and
 its whole group is killed on timeout.
 
+What a file declares is checked before ffmpeg sees it: a sample rate or a channel count outside
+what a microphone records (a WAV that declares 200 MHz made ffmpeg build a resampler of almost
+1 GB) is a 400. ffmpeg then decodes only the codecs a browser records (an allow-list), on one
+thread, with a largest single allocation (-max_alloc), an address-space ceiling and a CPU-time
+limit (rlimits), and it dies with the gateway (PR_SET_PDEATHSIG), which it would otherwise
+outlive in its own session.
+
 A recording cut short (an upload that stopped part-way, a blob missing its last bytes) is a
 400 "incomplete or damaged", never a silently shorter turn. ffmpeg alone does not say so: it
 decodes what it can and exits 0, its Ogg demuxer silently drops a partial last page, and its
@@ -17,8 +24,11 @@ WebM does not have (it writes its Segment and Clusters with "unknown size").
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import resource
 import signal
+import struct
 
 SAMPLE_RATE = 16000
 BYTES_PER_SECOND = SAMPLE_RATE * 2
@@ -33,6 +43,16 @@ TRUNCATION_MARKERS = ("File ended prematurely", "pipe:0: End of file")
 # and leaves the verdict to ffmpeg, so any upload costs at most about 0.1 s of CPU here, spent in
 # a worker thread rather than on the event loop.
 MAX_FRAMING_STEPS = 50_000
+# What a recording may declare: telephone to studio rates, mono to 7.1.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 192_000
+MAX_CHANNELS = 8
+# The decoders a browser's recording needs (Opus or Vorbis in WebM/Ogg, PCM in WAV); anything
+# else in a container is refused by ffmpeg itself.
+DECODERS = ("opus", "libopus", "vorbis", "libvorbis", "pcm_u8", "pcm_s16le", "pcm_s24le", "pcm_s32le",
+            "pcm_f32le", "pcm_f64le", "pcm_alaw", "pcm_mulaw")
+MAX_ALLOC_BYTES = 64 * 1024 * 1024  # ffmpeg's largest single allocation
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: nothing may be loaded between fork and exec
 
 
 class MediaError(Exception):
@@ -133,16 +153,111 @@ def container_truncated(data: bytes, fmt: str) -> bool:
     return False
 
 
-async def decode_to_pcm(data: bytes, max_audio_s: float, timeout_s: float = 20.0) -> bytes:
+def _wav_declared(data: bytes) -> tuple[list[float], list[int]]:
+    """(sample rates, channel counts) in a WAV's fmt chunk."""
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if chunk == b"fmt " and pos + 16 <= len(data):
+            channels, rate = struct.unpack_from("<HI", data, pos + 10)
+            return [float(rate)], [channels]
+        pos += 8 + size + (size & 1)
+    return [], []
+
+
+def _ogg_declared(data: bytes) -> tuple[list[float], list[int]]:
+    """(sample rates, channel counts) in the identification header of each Ogg stream (the first
+    packet of each beginning-of-stream page, which come before any other page)."""
+    rates, channels, pos = [], [], 0
+    while data[pos : pos + 4] == b"OggS" and pos + 27 <= len(data) and data[pos + 5] & 0x02:
+        body = pos + 27 + data[pos + 26]
+        packet = data[body : body + 32]
+        if packet[:8] == b"OpusHead" and len(packet) >= 16:
+            channels.append(packet[9])
+            if input_rate := struct.unpack_from("<I", packet, 12)[0]:  # 0: not stated
+                rates.append(float(input_rate))
+        elif packet[:7] == b"\x01vorbis" and len(packet) >= 16:
+            channels.append(packet[11])
+            rates.append(float(struct.unpack_from("<I", packet, 12)[0]))
+        pos = body + sum(data[pos + 27 : body])
+    return rates, channels
+
+
+# WebM/Matroska: the elements that lead to a track's Audio settings, and the Cluster that ends them.
+EBML_PATH = {0x18538067, 0x1654AE6B, 0xAE, 0xE1}  # Segment, Tracks, TrackEntry, Audio
+EBML_CLUSTER, EBML_SAMPLING_FREQUENCY, EBML_CHANNELS = 0x1F43B675, 0xB5, 0x9F
+
+
+def _ebml_declared(data: bytes) -> tuple[list[float], list[int]]:
+    """(SamplingFrequency, Channels) of each track, from the headers before the first Cluster."""
+    rates, channels, pos, end = [], [], 0, len(data)
+    for _ in range(MAX_FRAMING_STEPS):
+        try:
+            ident = _vint(data, pos) if pos < end else None
+            size = _vint(data, pos + ident[0]) if ident and pos + ident[0] < end else None
+        except ValueError:
+            break
+        if size is None or ident[0] > 4:
+            break
+        element = int.from_bytes(data[pos : pos + ident[0]], "big")
+        body = pos + ident[0] + size[0]
+        if element == EBML_CLUSTER:
+            break
+        if element in EBML_PATH:
+            pos = body  # enter it: its children follow
+            continue
+        value = data[body : body + size[1]]
+        if element == EBML_SAMPLING_FREQUENCY and len(value) in (4, 8):
+            rates.append(struct.unpack(">f" if len(value) == 4 else ">d", value)[0])
+        elif element == EBML_CHANNELS and 1 <= len(value) <= 8:
+            channels.append(int.from_bytes(value, "big"))
+        pos = body + size[1]
+    return rates, channels
+
+
+DECLARED = {"wav": _wav_declared, "ogg": _ogg_declared, "matroska": _ebml_declared}
+
+
+def check_declared(data: bytes, fmt: str) -> None:
+    """MediaError 400 for a declared sample rate or channel count no microphone records."""
+    rates, channels = DECLARED[fmt](data)
+    for rate in rates:
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:  # NaN fails too
+            raise MediaError(400, f"The recording declares a sample rate of {rate:g} Hz; "
+                                  f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz is accepted.")
+    for count in channels:
+        if not 1 <= count <= MAX_CHANNELS:
+            raise MediaError(400, f"The recording declares {count} channels; 1..{MAX_CHANNELS} is accepted.")
+
+
+def _limit_child(cpu_s: int, memory_bytes: int, parent: int):
+    """Run in the ffmpeg child between fork and exec: only system calls, nothing that allocates
+    or takes a lock. The death signal is tied to the thread that forks (asyncio's loop thread,
+    which lives as long as the gateway)."""
+
+    def limit() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the gateway died before the line above
+            os._exit(1)
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU, then SIGKILL
+
+    return limit
+
+
+async def decode_to_pcm(data: bytes, max_audio_s: float, timeout_s: float = 20.0, cpu_s: int = 10,
+                        memory_bytes: int = 768 * 1024 * 1024) -> bytes:
     """Raw s16le mono 16 kHz PCM, or MediaError with an HTTP status and a readable message."""
     if len(data) < MIN_UPLOAD_BYTES:
         raise MediaError(400, "The recording is empty or too short.")
     fmt = sniff_format(data)
     if await asyncio.to_thread(container_truncated, data, fmt):
         raise MediaError(400, INCOMPLETE)
+    await asyncio.to_thread(check_declared, data, fmt)
     command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-protocol_whitelist", "pipe", "-f", fmt, "-i", "pipe:0",
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-max_alloc", str(MAX_ALLOC_BYTES),
+        "-protocol_whitelist", "pipe", "-codec_whitelist", ",".join(DECODERS), "-threads", "1",
+        "-f", fmt, "-i", "pipe:0",
         # Decode a little past the limit so "too long" is detectable without decoding it all.
         "-t", f"{max_audio_s + 0.5:.2f}", "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
         "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
@@ -150,6 +265,7 @@ async def decode_to_pcm(data: bytes, max_audio_s: float, timeout_s: float = 20.0
     proc = await asyncio.create_subprocess_exec(
         *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        preexec_fn=_limit_child(cpu_s, memory_bytes, os.getpid()),
     )
     try:
         pcm, err = await asyncio.wait_for(proc.communicate(data), timeout_s)
