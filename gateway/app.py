@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import guard
 from gateway.bus import Bus, StageUnavailable
 from gateway.conversations import Conversation, ConversationStore
 from gateway.media import MediaError, decode_to_pcm
@@ -22,6 +23,7 @@ from gateway.recovery import Recovery
 from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
+from gateway.uploads import read_upload
 from proto import Envelope, TurnCancel, tag_of
 from services.personas import DEFAULT_PERSONA, PERSONAS
 
@@ -40,6 +42,7 @@ SHUTDOWN_GRACE_S = 3.0  # for open streams to send their error event; well withi
 GATEWAY = web.AppKey("gateway", "Gateway")
 CANCELLED = "The turn was cancelled."
 SHUTTING_DOWN = "The assistant is shutting down. Please try again in a moment."
+BUSY = "The assistant is busy with other uploads. Please try again in a moment."
 
 
 @dataclass
@@ -83,17 +86,24 @@ def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def retry_later(status: int, message: str) -> web.Response:
+    response = json_error(status, message)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings, bus: Bus):
         self.settings = settings
         self.bus = bus
         self.board = StageBoard(stuck_after_s=settings.stuck_after_s)
-        self.conversations = ConversationStore()
+        self.conversations = ConversationStore(settings.max_conversations, settings.max_conversations_per_client)
         self.uploads: dict[str, Upload] = {}
         self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409
         self.live: dict[tuple[str, int], LiveTurn] = {}
         self.by_session: dict[str, LiveTurn] = {}
         self.decoding: Counter[str] = Counter()  # client address -> uploads being read or decoded
+        self.decode_slots = asyncio.Semaphore(settings.max_decodes)  # ffmpeg processes at once
         self.late_results = 0  # results for turns that had already ended: dropped
         self.resent_requests = 0  # requests sent again to a restarted stage
         self.shutting_down = False
@@ -154,16 +164,18 @@ class Gateway:
     # --- HTTP: conversation --------------------------------------------------------------------
 
     def _conversation(self, request: web.Request) -> Conversation:
-        return self.conversations.get_or_create(request.cookies.get(COOKIE))
+        return self.conversations.get_or_create(request.cookies.get(COOKIE), request.remote or "")
 
     def _with_cookie(self, response: web.StreamResponse, conversation: Conversation) -> web.StreamResponse:
         response.set_cookie(COOKIE, conversation.id, httponly=True, samesite="Strict", path="/")
         return response
 
     async def clear(self, request: web.Request) -> web.Response:
-        conversation = self._conversation(request)
-        conversation.clear()
-        return self._with_cookie(web.json_response({"cleared": True}), conversation)
+        # No conversation yet (no cookie, or an expired one): nothing to clear, and nothing is made.
+        conversation = self.conversations.get(request.cookies.get(COOKIE))
+        if conversation is not None:
+            conversation.clear()
+        return web.json_response({"cleared": True})
 
     async def upload(self, request: web.Request) -> web.Response:
         persona = request.query.get("persona", DEFAULT_PERSONA)
@@ -176,14 +188,28 @@ class Gateway:
         client = request.remote or ""
         self._expire_uploads()
         if self._turns_of(client) >= self.settings.max_turns_per_client:
-            response = json_error(429, "Too many turns at once from this client: wait for one to finish.")
-            response.headers["Retry-After"] = "1"
-            return response
+            return retry_later(429, "Too many turns at once from this client: wait for one to finish.")
+        # the same bounds for all clients together, so many addresses cannot do what one may not
+        if (sum(self.decoding.values()) >= self.settings.max_uploads_in_flight
+                or len(self.uploads) >= self.settings.max_pending_uploads):
+            return retry_later(503, BUSY)
         self.decoding[client] += 1
+        settings = self.settings
         try:
-            data = await self._read_body(request)
-            decode_started = time.monotonic()
-            pcm = await decode_to_pcm(data, self.settings.max_audio_s)
+            async with asyncio.timeout(settings.body_timeout_s):
+                data = await read_upload(request, settings.max_upload_bytes)
+            async with self.decode_slots:
+                decode_started = time.monotonic()
+                pcm = await decode_to_pcm(data, settings.max_audio_s, settings.decode_timeout_s,
+                                          settings.decode_cpu_s, settings.decode_memory_mb * 1024 * 1024)
+        except TimeoutError:
+            # The rest of the body may never come: answer, then close the connection instead of
+            # lingering to read it (aiohttp would wait 10 s more).
+            response = json_error(408, f"The recording did not arrive within {settings.body_timeout_s:g} s.")
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # the transport flushes the answer, then closes
+            return response
         except MediaError as exc:
             return json_error(exc.status, exc.message)
         finally:
@@ -196,27 +222,6 @@ class Gateway:
         self.uploads[session_id] = Upload(session_id, conversation.id, persona, pcm, client)
         self.observe.upload_accepted(self.uploads[session_id], len(data), time.monotonic() - decode_started)
         return self._with_cookie(web.json_response({"session_id": session_id}), conversation)
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The raw body, or the first file field of a multipart form, within the size limit."""
-        limit = self.settings.max_upload_bytes
-        if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            async for part in reader:
-                if part.filename is not None or part.name in ("audio", "file"):
-                    return await self._read_limited(part.read_chunk, limit)
-            raise MediaError(400, "The form holds no audio file.")
-        return await self._read_limited(request.content.read, limit)
-
-    @staticmethod
-    async def _read_limited(read, limit: int) -> bytes:
-        chunks, size = [], 0
-        while chunk := await read(65536):
-            size += len(chunk)
-            if size > limit:
-                raise MediaError(413, "The recording is too large.")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _turns_of(self, client: str) -> int:
         """A client's turns at once: uploads being decoded, uploaded and not yet streamed, streaming."""
@@ -278,10 +283,10 @@ class Gateway:
         turn = LiveTurn(conversation, number, asyncio.Queue(), upload.client)
         self.live[(conversation.id, number)] = turn
         self.by_session[session_id] = turn
-        sse = await SseWriter.open(request)
-        sse = self.observe.watch(sse, session_id, turn, upload)  # follows every event of the turn
-        finished = False
-        try:
+        sse, finished = None, False
+        try:  # from here every way out, a client gone before the stream opened included, releases the turn
+            sse = await SseWriter.open(request, self.settings.sse_write_timeout_s)
+            sse = self.observe.watch(sse, session_id, turn, upload)  # follows every event of the turn
             finished = await self._drive(request, turn, upload, sse)
         finally:
             self.observe.turn_ended(sse, finished)
@@ -395,23 +400,33 @@ class Gateway:
 
 
 class SseWriter:
-    """Server-Sent Events with ids and keep-alive comments; send() is False once the client left."""
+    """Server-Sent Events with ids and keep-alive comments; send() is False once the client left,
+    or stopped reading: a write that cannot complete within write_timeout_s (the socket's buffers
+    are full) closes the connection."""
 
-    def __init__(self, response: web.StreamResponse):
+    def __init__(self, request: web.Request, response: web.StreamResponse, write_timeout_s: float):
+        self.request = request
         self.response = response
+        self.write_timeout_s = write_timeout_s
         self.next_id = 0
         self.last_write = time.monotonic()
 
     @classmethod
-    async def open(cls, request: web.Request) -> "SseWriter":
+    async def open(cls, request: web.Request, write_timeout_s: float) -> "SseWriter":
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        return cls(response)
+        return cls(request, response, write_timeout_s)
 
     async def _write(self, text: str) -> bool:
         try:
-            await self.response.write(text.encode())
+            async with asyncio.timeout(self.write_timeout_s):
+                await self.response.write(text.encode())
+        except TimeoutError:
+            log.warning("a stream's client stopped reading for %g s: closing it", self.write_timeout_s)
+            if self.request.transport is not None:
+                self.request.transport.abort()  # an event may be half written: the stream cannot go on
+            return False
         except (ConnectionResetError, RuntimeError):
             return False
         self.last_write = time.monotonic()
@@ -428,6 +443,18 @@ class SseWriter:
 
 
 @web.middleware
+async def json_errors(request: web.Request, handler):
+    """A failure nobody foresaw is a 500 JSON like every other error, and its traceback is logged."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_error(500, "The request failed inside the gateway.")
+
+
+@web.middleware
 async def security_headers(request: web.Request, handler):
     response = await handler(request)
     response.headers.setdefault("Content-Security-Policy", CSP)
@@ -440,7 +467,9 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     settings = settings or GatewaySettings.from_env()
     bus = bus or Bus()
     gateway = Gateway(settings, bus)
-    app = web.Application(middlewares=[security_headers, gateway.observe.middleware], client_max_size=settings.max_upload_bytes + 65536)
+    app = web.Application(middlewares=[security_headers, gateway.observe.middleware,
+                                       guard.middleware(settings.allowed_hosts, settings.host), json_errors],
+                          client_max_size=settings.max_upload_bytes + 65536)
     app[GATEWAY] = gateway
     app.router.add_get("/", gateway.index)
     app.router.add_static("/static/", STATIC)

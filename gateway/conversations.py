@@ -14,6 +14,7 @@ from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES
 @dataclass
 class Conversation:
     id: str
+    client: str = ""  # the address that created it
     persona: str = DEFAULT_PERSONA
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
     turns: int = 0  # turn numbers only grow, so workers can drop superseded work
@@ -40,22 +41,38 @@ class Conversation:
 
 
 class ConversationStore:
-    """Bounded: the least recently used conversation goes first when full."""
+    """Bounded twice: the least recently used conversation goes first when the store is full, and
+    when one address holds more than `per_client`, its own least recently used one goes, so one
+    client making conversations in a loop evicts only its own."""
 
-    def __init__(self, capacity: int = 10000):
+    def __init__(self, capacity: int = 10000, per_client: int = 64):
         self._items: OrderedDict[str, Conversation] = OrderedDict()
+        self._by_client: dict[str, OrderedDict[str, None]] = {}  # address -> its conversations, LRU first
         self._capacity = capacity
+        self._per_client = per_client
 
-    def get_or_create(self, conversation_id: str | None) -> Conversation:
+    def get_or_create(self, conversation_id: str | None, client: str = "") -> Conversation:
         conversation = self._items.get(conversation_id or "")
         if conversation is None:
-            conversation = Conversation(secrets.token_urlsafe(18))
+            conversation = Conversation(secrets.token_urlsafe(18), client)
             self._items[conversation.id] = conversation
+            owned = self._by_client.setdefault(client, OrderedDict())
+            owned[conversation.id] = None
+            while len(owned) > self._per_client:
+                self._drop(next(iter(owned)))
             while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+                self._drop(next(iter(self._items)))
         self._items.move_to_end(conversation.id)
+        self._by_client[conversation.client].move_to_end(conversation.id)
         conversation.last_used = time.monotonic()
         return conversation
+
+    def _drop(self, conversation_id: str) -> None:
+        conversation = self._items.pop(conversation_id)
+        owned = self._by_client[conversation.client]
+        del owned[conversation_id]
+        if not owned:
+            del self._by_client[conversation.client]
 
     def get(self, conversation_id: str | None) -> Conversation | None:
         return self._items.get(conversation_id or "")

@@ -21,6 +21,20 @@ class GatewaySettings:
     queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
     stuck_after_s: float = STUCK_AFTER_S  # a stage busy this long without any result is stuck
     max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
+    # Host names the gateway answers to besides localhost and the address a connection came in on
+    # (a reverse proxy's public name): any other Host header is refused (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # Gateway-wide caps, whichever addresses the requests come from:
+    max_uploads_in_flight: int = 32  # bodies being read or decoded (more: 503)
+    max_pending_uploads: int = 256  # decoded and not yet streamed (more: 503)
+    max_decodes: int = 2  # ffmpeg processes at once; the others wait their turn
+    body_timeout_s: float = 30.0  # an upload body that takes longer to arrive gets 408
+    decode_timeout_s: float = 20.0  # wall-clock limit of one decode
+    decode_cpu_s: int = 10  # CPU seconds one ffmpeg may use (RLIMIT_CPU)
+    decode_memory_mb: int = 768  # address space one ffmpeg may map (RLIMIT_AS; it maps ~300 MB of libraries)
+    sse_write_timeout_s: float = 10.0  # a stream whose client stops reading for this long is closed
+    max_conversations: int = 10000  # stored conversations (least recently used go first)
+    max_conversations_per_client: int = 64  # stored conversations created from one address
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -37,4 +51,15 @@ class GatewaySettings:
             queue_timeout_s=s.get_float("QUEUE_TIMEOUT_S", d.queue_timeout_s),
             stuck_after_s=s.get_float("STUCK_AFTER_S", d.stuck_after_s),
             max_turns_per_client=s.get_int("MAX_TURNS_PER_CLIENT", d.max_turns_per_client),
+            allowed_hosts=tuple(h.strip().lower() for h in (s.get("ALLOWED_HOSTS") or "").split(",") if h.strip()),
+            max_uploads_in_flight=s.get_int("MAX_UPLOADS_IN_FLIGHT", d.max_uploads_in_flight),
+            max_pending_uploads=s.get_int("MAX_PENDING_UPLOADS", d.max_pending_uploads),
+            max_decodes=s.get_int("MAX_DECODES", d.max_decodes),
+            body_timeout_s=s.get_float("BODY_TIMEOUT_S", d.body_timeout_s),
+            decode_timeout_s=s.get_float("DECODE_TIMEOUT_S", d.decode_timeout_s),
+            decode_cpu_s=s.get_int("DECODE_CPU_S", d.decode_cpu_s),
+            decode_memory_mb=s.get_int("DECODE_MEMORY_MB", d.decode_memory_mb),
+            sse_write_timeout_s=s.get_float("SSE_WRITE_TIMEOUT_S", d.sse_write_timeout_s),
+            max_conversations=s.get_int("MAX_CONVERSATIONS", d.max_conversations),
+            max_conversations_per_client=s.get_int("MAX_CONVERSATIONS_PER_CLIENT", d.max_conversations_per_client),
         )
