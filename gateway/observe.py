@@ -14,6 +14,7 @@ a duplicate name.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from proto import tag_of
 from services.runtime.endpoints import STAGES
-from services.runtime.logs import log_turn
+from services.runtime.logs import log_turn, session_tag
 from services.runtime.observe import never_raises
 
 if TYPE_CHECKING:
@@ -44,11 +45,35 @@ REQUEST_ROUTES = ("/upload", "/stream/{session_id}")
 STATUS_KINDS = {429: "too_many", 503: "shutdown"}
 
 
+# The routes whose path holds an upload id: whoever reads it can claim that stream or cancel that turn.
+ID_IN_PATH = re.compile(r"(/stream/|/api/cancel/)([^\s?\"/]+)")
+
+
+class RedactIdsInPaths(logging.Filter):
+    """Log lines (aiohttp's access log among them) carry a digest of an upload id in a path, never
+    the id itself."""
+
+    @staticmethod
+    def redact(text: str) -> str:
+        return ID_IN_PATH.sub(lambda m: m.group(1) + "~" + session_tag(m.group(2)), text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in list(vars(record).items()):
+            if isinstance(value, str) and ID_IN_PATH.search(value):
+                setattr(record, key, self.redact(value))
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+REDACT_IDS = RedactIdsInPaths()
+
+
 @dataclass
 class TurnTrace:
     """One streamed turn, as the observer follows it."""
 
-    upload: str  # the upload's session id (the /stream/<id> path), single-use
+    upload: str  # the upload's session id (the /stream/<id> path), single-use; logs carry its digest only
     session: str  # the bus session id (the conversation)
     turn: int
     live: Any  # the gateway's LiveTurn
@@ -125,6 +150,8 @@ class _BoardCollector:
         for name, doc, value in (
                 ("s2s_gateway_bus_dropped_frames", "Malformed or unexpected frames the gateway dropped",
                  getattr(getattr(gateway, "bus", None), "dropped_frames", 0)),
+                ("s2s_gateway_bus_errors", "Unexpected errors in the gateway's bus reader or watcher "
+                 "(each logged; reading goes on)", getattr(getattr(gateway, "bus", None), "reader_errors", 0)),
                 ("s2s_gateway_late_results", "Results for turns that had already ended (dropped)",
                  getattr(gateway, "late_results", 0)),
                 ("s2s_gateway_resent_requests", "Requests sent again to a restarted stage",
@@ -164,6 +191,8 @@ class GatewayObserver:
         self.http = Counter("s2s_gateway_http_requests", "HTTP requests answered, by route and status",
                             ["route", "status"], registry=r)
         self.registry.register(_BoardCollector(gateway))
+        for name in ("aiohttp.access", "aiohttp.server", "aiohttp.web"):  # once each: addFilter ignores a repeat
+            logging.getLogger(name).addFilter(REDACT_IDS)
         self.middleware = self._make_middleware()
 
     # --- HTTP ----------------------------------------------------------------------------------
@@ -201,14 +230,14 @@ class GatewayObserver:
         self.upload_bytes.observe(size)
         self.upload_audio.observe(audio_s)
         self.decode_seconds.observe(decode_s)
-        log_turn(log, "upload accepted", upload.conversation, upload=upload.session_id, persona=upload.persona,
+        log_turn(log, "upload accepted", upload.conversation, upload=session_tag(upload.session_id), persona=upload.persona,
                  bytes=size, audio_s=round(audio_s, 3), decode_s=round(decode_s, 4))
 
     def watch(self, sse, session_id: str, turn: "LiveTurn", upload: "Upload") -> ObservedStream:
         """The turn's stream starts: count it, and follow every event it sends."""
         trace = TurnTrace(session_id, turn.conversation.id, turn.number, turn, uploaded=upload.created)
         self.turns_started.inc()
-        log_turn(log, "turn started", trace.session, trace.turn, upload=session_id, persona=upload.persona,
+        log_turn(log, "turn started", trace.session, trace.turn, upload=session_tag(session_id), persona=upload.persona,
                  waited_s=round(trace.started - upload.created, 3))
         return ObservedStream(sse, self, trace)
 

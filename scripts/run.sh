@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Logs are the owner's only: they carry what was said and which turn is whose. supervisord's own
+# log is opened before its umask (supervisord.conf) applies, so it starts under this one too.
+umask 077
 mkdir -p var/log
+chmod 0700 var var/log
 CTL=(.venv/bin/supervisorctl -c supervisord.conf)
 PORT="${S2S_GATEWAY_PORT:-7860}"
 URL="http://127.0.0.1:${PORT}/"

@@ -105,7 +105,7 @@ async def test_one_turn_is_followed_by_its_ids_through_the_gateway_and_a_worker(
     worker_lines = parse(worker_log.read_text())  # every line of the worker's output is JSON
 
     upload = next(line for line in gateway_lines if line["msg"] == "upload accepted")
-    assert upload["upload"] == upload_id and upload["bytes"] > 0
+    assert upload["upload"] == session_tag(upload_id) and upload["bytes"] > 0  # the id grants the stream: a digest
     session = upload["session"]
     ours = [line for line in gateway_lines if line.get("session") == session and line.get("turn") == 1]
     messages = [line["msg"] for line in ours]
