@@ -156,7 +156,9 @@ def container_truncated(data: bytes, fmt: str) -> bool:
 def _wav_declared(data: bytes) -> tuple[list[float], list[int]]:
     """(sample rates, channel counts) in a WAV's fmt chunk."""
     pos = 12
-    while pos + 8 <= len(data):
+    for _ in range(MAX_FRAMING_STEPS):  # a crafted file of empty chunks: bounded like the framing walk
+        if pos + 8 > len(data):
+            break
         chunk, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
         if chunk == b"fmt " and pos + 16 <= len(data):
             channels, rate = struct.unpack_from("<HI", data, pos + 10)

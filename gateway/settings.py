@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.stages import STUCK_AFTER_S
+from gateway.media import BYTES_PER_SECOND
+from services.runtime.endpoints import MAX_MESSAGE_BYTES
+from services.runtime.errors import ConfigError
 from services.runtime.settings import StageSettings
 
 
@@ -35,6 +38,21 @@ class GatewaySettings:
     sse_write_timeout_s: float = 10.0  # a stream whose client stops reading for this long is closed
     max_conversations: int = 10000  # stored conversations (least recently used go first)
     max_conversations_per_client: int = 64  # stored conversations created from one address
+
+    # caps that must let at least one through (0 would refuse, or hang, every upload)
+    AT_LEAST_ONE = ("max_turns_per_client", "max_uploads_in_flight", "max_pending_uploads", "max_decodes",
+                    "decode_cpu_s", "max_conversations", "max_conversations_per_client")
+
+    def __post_init__(self) -> None:
+        for name in self.AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"S2S_GATEWAY_{name.upper()} must be at least 1, got {getattr(self, name)}")
+        # A recording goes to the ASR in one bus message; a worker drops a connection that carries
+        # a larger one than the bus allows, and does not reconnect.
+        if self.max_audio_s * BYTES_PER_SECOND + 65536 > MAX_MESSAGE_BYTES:
+            longest = (MAX_MESSAGE_BYTES - 65536) // BYTES_PER_SECOND
+            raise ConfigError(f"S2S_GATEWAY_MAX_AUDIO_S must be at most {longest} (one bus message), "
+                              f"got {self.max_audio_s:g}")
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":

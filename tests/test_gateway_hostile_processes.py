@@ -19,12 +19,15 @@ import pytest
 
 from gateway.app import create_app
 from gateway.bus import Bus
-from services.runtime.endpoints import ensure_run_dir
+from gateway.settings import GatewaySettings
+from proto import StageHeartbeat
+from services.runtime.endpoints import MAX_MESSAGE_BYTES, ensure_run_dir
 from services.runtime.errors import ConfigError
 from services.runtime.logs import session_tag
 from tests.audio import tone_wav
 from tests.gateway_harness import SETTINGS
 from tests.product import ROOT, Product, free_port
+from tests.worker_process import WorkerProcess, private_run_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -168,3 +171,28 @@ def test_logs_are_owner_only_and_carry_no_upload_id(tmp_path):
         assert log_file.stat().st_mode & 0o777 == 0o600
     finally:
         product.stop()
+
+
+# --- 9. a worker's bus sockets -------------------------------------------------------------------
+
+
+def test_a_worker_drops_the_sender_of_a_frame_over_the_maximum_size_unread():
+    """On the worker's request socket, an oversized frame: read, it would be counted as a dropped
+    frame; libzmq must close that connection before allocating it, and the worker lives on.
+    (It does not reconnect after that protocol error, so the gateway refuses a
+    S2S_GATEWAY_MAX_AUDIO_S whose recordings would not fit in one message.)"""
+    with private_run_dir() as env:
+        worker = WorkerProcess(env).ready()
+        try:
+            worker.bus.send_raw("tts", [b"\x00" * (MAX_MESSAGE_BYTES + 1)])
+            for _ in range(3):  # a 32 MiB frame over ipc is read within a beat or two
+                beat = worker.bus.wait_for(lambda m: isinstance(m, StageHeartbeat), timeout=5)
+                assert beat.dropped_frames == 0
+            assert worker.proc.poll() is None
+        finally:
+            worker.stop()
+
+
+def test_the_gateway_refuses_a_recording_length_that_would_not_fit_in_one_bus_message():
+    with pytest.raises(ConfigError, match="S2S_GATEWAY_MAX_AUDIO_S must be at most 1046"):
+        GatewaySettings(max_audio_s=1200)
