@@ -4,9 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Logs are the owner's only: they carry what was said and which turn is whose. supervisord's own
-# log is opened before its umask (supervisord.conf) applies, so it starts under this one too.
-umask 077
+# Logs are the owner's only: they carry what was said and which turn is whose.
 mkdir -p var/log
 chmod 0700 var var/log
 CTL=(.venv/bin/supervisorctl -c supervisord.conf)
@@ -19,7 +17,8 @@ echo "s2s: resolving models (where the hub is unreachable, the registry weights 
 .venv/bin/s2s-models prepare
 
 # Start supervisord unless it already runs (then this just waits for readiness again).
-"${CTL[@]}" pid >/dev/null 2>&1 || .venv/bin/supervisord -c supervisord.conf
+# Under umask 077: supervisord opens its own log before its umask (supervisord.conf) applies.
+"${CTL[@]}" pid >/dev/null 2>&1 || (umask 077 && exec .venv/bin/supervisord -c supervisord.conf)
 
 echo "s2s: loading models (a first download from the hub can take minutes)..."
 deadline=$((SECONDS + ${S2S_START_TIMEOUT_S:-900}))
