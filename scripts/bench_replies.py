@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--code", default=str(HERE), help="the code tree whose product runs (default: this one)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--turns", type=int, default=36)
+    parser.add_argument("--max-seconds", type=int, default=7200, help="the load tester's time limit")
     args = parser.parse_args()
 
     for name in ("whisper-base-ct2", "smollm2-135m-instruct", "kokoro-82m-onnx"):
@@ -48,7 +49,7 @@ def main() -> int:
         _, stages = running.get_json("/api/stages")
         (args.out / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
         command = [sys.executable, "-m", "services.loadtest", "--url", running.url, "--turns", str(args.turns),
-                   "--concurrency", "1", "--fresh", "--quiet", "--turn-timeout", "600", "--max-seconds", "7200",
+                   "--concurrency", "1", "--fresh", "--quiet", "--turn-timeout", "600", "--max-seconds", str(args.max_seconds),
                    "--out", str(args.out), args.questions]
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(HERE)})
     finally:

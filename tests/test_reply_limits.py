@@ -307,3 +307,35 @@ def test_no_repeat_ngram_bans_the_token_that_would_repeat_an_ngram():
     assert batcher._banned([5, 6, 7, 5, 6]) == [7]  # "5 6 7" was said: after "5 6", 7 may not follow
     assert batcher._banned([5, 6, 7, 8]) == []
     assert DecodeBatcher(model=None, eos_token_ids=set())._banned([5, 6, 5, 6]) == []  # off by default
+
+
+# --- the registry model, on the question of issue 18 ------------------------------------------
+
+LOOPING_QUESTION = "What is the largest animal that has ever lived?"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_registry_model_no_longer_loops_on_the_question_of_the_issue(registry_model, monkeypatch):
+    """SmolLM2-135M-Instruct (registry weights), greedy as before this change, says one sentence
+    again and again to this question; through the stage, on its plan, no sentence comes twice."""
+    from services.llm.backends import TransformersBackend
+    from services.models.resolve import SMOLLM2_GGUF
+
+    path = registry_model("smollm2-135m-instruct")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    request = LlmRequest(session="s", turn=1, persona="wildlife_expert", history=[ChatMessage("user", LOOPING_QUESTION)])
+    stage = LlmStage(StageSettings("llm", {"S2S_LLM_SOURCE": "registry", "S2S_LLM_DEVICE": "cpu"}))
+    stage.load()
+
+    before = TransformersBackend(model=str(path), gguf_file=SMOLLM2_GGUF, device="cpu", repetition_penalty=1.0,
+                                 no_repeat_ngram_size=0)  # the decoding before this change: plain greedy
+    before.load()
+    looped = "".join(before.stream(stage.prompt(request), max_new_tokens=220))
+    assert repeated_sentences(looped) >= 3, looped  # it loops today
+
+    out = [m for m, _ in stage.handle(request, [], InProcessTurn())]
+    reply = " ".join(m.text for m in out if isinstance(m, LlmSentence))
+    assert "whale" in reply.lower(), reply
+    assert repeated_sentences(reply) == 0 and len(split_sentences(reply)) <= 4, reply
+    assert out[-1].end_reason in ("end_of_text", SENTENCE_LIMIT), out[-1]

@@ -27,7 +27,7 @@ KOKORO_WEIGHTS = "kokoro-v1_0.pth"
 # sentence again and again (issue 18; measured in docs/BENCHMARKS.md, "Replies that loop"). A
 # model not listed keeps its own generation config (Qwen2.5-1.5B-Instruct ships one).
 # S2S_LLM_REPETITION_PENALTY and S2S_LLM_NO_REPEAT_NGRAM_SIZE override it for any model.
-SMOLLM2_DECODING = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 0}
+SMOLLM2_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 4}
 
 
 @dataclass
