@@ -95,7 +95,7 @@ class LlmStage(BackendStage):
 
         stream = self.backend.stream(messages, max_new_tokens=max_new, should_stop=turn.should_stop,
                                      until=guard.ends_with)
-        reason = CANCEL  # unless the loop below runs to its end
+        reason = CANCEL  # unless the loop below runs to its end: the worker stopped reading
         try:
             for sentence in iter_chunks(rules.filter(counted(stream)), self.chunking, self.min_words,
                                         self.first_min_words):
@@ -106,6 +106,9 @@ class LlmStage(BackendStage):
                 sentences.append(sentence)
             reason = rules.end_reason or (CANCEL if turn.should_stop() or finish == "stopped"
                                           else TOKEN_CAP if finish == "length" else END_OF_TEXT)
+        except Exception:
+            reason = "error"  # the log line only: the worker sends the stage.error
+            raise
         finally:
             stream.close()  # stops generation and joins the generate thread
             log.info("reply ended: %s", reason, extra=turn_fields(
