@@ -272,7 +272,7 @@ class GatewayObserver:
                     self.stage_seconds.labels(stage, measure or "total").observe(value)
             self.turn_seconds.observe(now - trace.started)
             log_turn(log, "done", trace.session, trace.turn, chunks=data.get("chunks"), timing=timing,
-                     total_s=round(now - trace.started, 4))
+                     end_reason=data.get("end_reason"), total_s=round(now - trace.started, 4))
         elif event == "error":
             stage = data.get("stage")
             kind = data.get("kind") or "error"  # named where the error is made (gateway/turn.py, app.py)

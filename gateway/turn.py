@@ -226,5 +226,7 @@ class TurnState:
         self.timing["total"] = round(self.clock() - self.started, 4)
         # the voice the reply was spoken in, as the TTS stage was asked for it
         done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing),
-                "persona": self.persona, "voice": self.voice}
+                "persona": self.persona, "voice": self.voice,
+                # why the reply ended, as the LLM stage said (end_of_text, sentence_limit, ...)
+                "end_reason": self.llm_done.end_reason if self.llm_done else ""}
         return [Emit("done", done), Finish(ok=True, user_text=self.user_text, reply_text=reply)]

@@ -67,6 +67,9 @@ class LlmDone(Envelope, tag="llm.done"):
     tokens: int
     compute_s: float
     first_sentence_s: float  # -1 when no sentence was produced
+    # why the reply ended: end_of_text | sentence_limit | repetition | token_cap | cancel
+    # ("" from a stage that predates the field)
+    end_reason: str = ""
 
 
 class TtsRequest(Envelope, tag="tts.request"):

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # The benchmarks' eight spoken questions (2-5 s, espeak-ng en-us at 140 words per minute) as
 # q1.wav ... q8.wav in DIR:   bash scripts/speak_questions.sh DIR
+# or the questions of LIST_FILE, one a line (q01.wav ...):   bash scripts/speak_questions.sh DIR LIST_FILE
 set -euo pipefail
 DIR="$1"
 mkdir -p "$DIR"
+if [ -n "${2:-}" ]; then
+    n=0
+    while read -r question; do
+        [ -n "$question" ] || continue
+        n=$((n + 1))
+        espeak-ng -v en-us -s 140 -w "$DIR/$(printf 'q%02d' "$n").wav" "$question"
+    done <"$2"
+    exit 0
+fi
 n=0
 while read -r question; do
     n=$((n + 1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Generator
 
 from services.runtime.devices import resolve_device, resolve_dtype
 from services.runtime.errors import ConfigError
@@ -24,6 +24,8 @@ class TransformersBackend:
         dtype: str = "auto",
         gguf_file: str | None = None,
         max_batch: int = 8,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
     ):
         self.model_label = model if not gguf_file else f"{model}/{gguf_file}"
         self.model_id = model
@@ -40,6 +42,10 @@ class TransformersBackend:
         self._prefix_lock = threading.Lock()
         self.prefix_hits = 0
         self.max_batch = max_batch
+        # Decoding that resists loops, from the model's plan (services/models/resolve.py); None:
+        # the model's own generation config decides.
+        self.repetition_penalty = repetition_penalty
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self._decode_batch = None
 
     def load(self) -> None:
@@ -104,23 +110,36 @@ class TransformersBackend:
                 eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
                 if self.tokenizer.eos_token_id is not None:
                     eos.add(self.tokenizer.eos_token_id)
+                penalty, ngram = self.decoding()
                 self._decode_batch = DecodeBatcher(self.model, eos, max_batch=self.max_batch,
-                                                   repetition_penalty=config.repetition_penalty or 1.0)
+                                                   repetition_penalty=penalty, no_repeat_ngram_size=ngram)
             return self._decode_batch
+
+    def decoding(self) -> tuple[float, int]:
+        """(repetition penalty, no-repeat n-gram size): the plan's, else the model's generation config."""
+        config = self.model.generation_config
+        penalty = self.repetition_penalty if self.repetition_penalty is not None else config.repetition_penalty
+        ngram = self.no_repeat_ngram_size if self.no_repeat_ngram_size is not None else config.no_repeat_ngram_size
+        return float(penalty or 1.0), int(ngram or 0)
 
     def stream(
         self,
         messages: list[dict],
         max_new_tokens: int = 220,
         should_stop: Callable[[], bool] = lambda: False,
-    ) -> Iterator[str]:
-        """Yield reply text pieces (greedy). Closing the generator early ends the reply at the next step."""
+        until: Callable[[str], bool] = lambda piece: False,
+    ) -> Generator[str, None, str]:
+        """Yield reply text pieces (greedy). Closing the generator early ends the reply at the next step.
+
+        `until(piece)` is called on the decode thread as each piece is made; when it says True,
+        that piece is the last: no further token is computed. Returns why the reply ended:
+        eos, length (max_new_tokens) or stopped."""
         if self.model is None:
             raise RuntimeError("TransformersBackend.stream() called before load()")
         import torch
-        from transformers import DynamicCache, TextIteratorStreamer
+        from transformers import DynamicCache
 
-        from services.llm.batching import Reply
+        from services.llm.batching import PieceStreamer, Reply
 
         tok = self.tokenizer
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -128,8 +147,8 @@ class TransformersBackend:
         input_ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
         prefix = self._prefix_cache(messages, input_ids)
         cached = prefix.get_seq_length() if prefix is not None else 0
-        streamer = TextIteratorStreamer(tok, skip_prompt=False, skip_special_tokens=True)
-        closed, ended = threading.Event(), threading.Event()
+        closed, ended = threading.Event(), threading.Event()  # closed: the reader left, or `until` cut
+        streamer = PieceStreamer(tok, until=until, cut=closed)
         error: list[BaseException] = []
 
         def on_end(e: BaseException | None) -> None:
@@ -138,7 +157,7 @@ class TransformersBackend:
             ended.set()
             streamer.end()  # always unblock the consumer, even after an exception
 
-        self._batcher().submit(Reply(
+        reply = Reply(
             input_ids=input_ids[:, cached:], prompt_ids=input_ids[0],
             cache=prefix if prefix is not None else DynamicCache(),
             max_new_tokens=max_new_tokens,
@@ -146,7 +165,8 @@ class TransformersBackend:
             should_stop=lambda: closed.is_set() or bool(should_stop()),
             on_token=lambda token: streamer.put(torch.tensor([token])),
             on_end=on_end,
-        ))
+        )
+        self._batcher().submit(reply)
         try:
             for piece in streamer:
                 if error:
@@ -158,3 +178,5 @@ class TransformersBackend:
             ended.wait()
         if error:
             raise error[0]
+        return reply.finish
+

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, TextIteratorStreamer
 
 
 @dataclass
@@ -35,7 +35,26 @@ class Reply:
     length: int = 0  # tokens in its cache (real ones, without padding)
     next_token: int = -1
     ended: bool = False
+    finish: str = ""  # why it ended: eos | length | stopped
     seen: torch.Tensor | None = None  # [vocab] bool: tokens in the prompt or the reply so far
+    generated: list[int] | None = None  # the reply's tokens so far (the no-repeat n-gram rule)
+
+
+class PieceStreamer(TextIteratorStreamer):
+    """A reply's text pieces for its reader. Each piece is shown to `until` on the decode thread as
+    it is made; when `until` says it is the last, `cut` is set (the reply's should_stop then ends it
+    before another step) and nothing after it reaches the reader."""
+
+    def __init__(self, tokenizer, until: Callable[[str], bool], cut: threading.Event):
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.until, self.cut = until, cut
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        if self.cut.is_set():
+            text = ""
+        elif text and self.until(text):
+            self.cut.set()
+        super().on_finalized_text(text, stream_end)
 
 
 def _left_pad(cache: DynamicCache, pad: int) -> None:
@@ -49,11 +68,14 @@ def _left_pad(cache: DynamicCache, pad: int) -> None:
 class DecodeBatcher:
     """One thread that decodes every submitted reply in a shared batch (greedy)."""
 
-    def __init__(self, model, eos_token_ids: set[int], max_batch: int = 8, repetition_penalty: float = 1.0):
+    def __init__(self, model, eos_token_ids: set[int], max_batch: int = 8, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0):
         self.model = model
         self.eos = set(eos_token_ids)
-        # greedy decoding as generate(do_sample=False) does it, with the model's repetition penalty
+        # greedy decoding as generate(do_sample=False) does it, with the model plan's repetition
+        # penalty and no-repeat n-gram size (services/models/resolve.py)
         self.repetition_penalty = float(repetition_penalty or 1.0)
+        self.no_repeat_ngram_size = int(no_repeat_ngram_size or 0)
         self.max_batch = max(1, max_batch)
         self._incoming: queue.Queue[Reply | None] = queue.Queue()
         self._active: list[Reply] = []
@@ -124,18 +146,34 @@ class DecodeBatcher:
         reply.length = past + n
         reply.seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=out.logits.device)
         reply.seen[reply.prompt_ids] = True
+        reply.generated = []
         reply.next_token = self._pick(reply, out.logits[0, -1])
 
     def _pick(self, reply: Reply, logits: torch.Tensor) -> int:
-        """The greedy token; with a repetition penalty, tokens already seen are made less likely."""
+        """The greedy token; with a repetition penalty, tokens already seen are made less likely;
+        with a no-repeat n-gram size n, no n tokens of the reply come twice in the same order."""
         if self.repetition_penalty != 1.0:
             p = self.repetition_penalty
             seen = logits[reply.seen]
             logits = logits.clone()
             logits[reply.seen] = torch.where(seen < 0, seen * p, seen / p)
+        banned = self._banned(reply.generated)
+        if banned:
+            logits = logits.clone()
+            logits[banned] = float("-inf")
         token = int(logits.argmax())
         reply.seen[token] = True
+        reply.generated.append(token)
         return token
+
+    def _banned(self, generated: list[int]) -> list[int]:
+        """Tokens that would complete an n-gram the reply already holds (as generate()'s
+        no_repeat_ngram_size, over the reply's own tokens)."""
+        n = self.no_repeat_ngram_size
+        if n <= 0 or len(generated) < n:
+            return []
+        tail = generated[len(generated) - n + 1:]
+        return [generated[i + n - 1] for i in range(len(generated) - n + 1) if generated[i:i + n - 1] == tail]
 
     def _join(self, reply: Reply) -> None:
         """Add a prefilled reply's cache as a new row of the batch's cache."""
@@ -195,7 +233,11 @@ class DecodeBatcher:
             except BaseException as e:
                 self._finish(reply, e)
                 return
+            # the token may have ended the reply (the stage's rules cut it there): leave the
+            # batch now, before another step is computed for it
+            stopped = bool(reply.should_stop())
         if stopped or token in self.eos or reply.produced >= reply.max_new_tokens:
+            reply.finish = "stopped" if stopped else "eos" if token in self.eos else "length"
             self._finish(reply, None)
 
     def _finish(self, reply: Reply, error: BaseException | None) -> None:

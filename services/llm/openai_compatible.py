@@ -19,7 +19,7 @@ import ssl
 import stat
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 from urllib.parse import urlsplit
 
 from services.runtime.errors import ConfigError
@@ -250,18 +250,21 @@ class OpenAICompatibleBackend:
         messages: list[dict],
         max_new_tokens: int = 220,
         should_stop: Callable[[], bool] = lambda: False,
-    ) -> Iterator[str]:
-        """Yield the reply's text pieces as the server sends them. A stop (should_stop, or closing
-        the generator) ends the reply within one piece and closes the connection."""
+        until: Callable[[str], bool] = lambda piece: False,
+    ) -> Generator[str, None, str]:
+        """Yield the reply's text pieces as the server sends them. A stop (should_stop, closing
+        the generator, or `until(piece)` saying that piece is the last) ends the reply within one
+        piece and closes the connection, so the server stops generating it. Returns why the reply
+        ended: eos, length (the server's max_tokens) or stopped."""
         body = json.dumps({"model": self.model, "messages": messages, "stream": True,
                            "max_tokens": max_new_tokens, "temperature": self.temperature}).encode()
         if should_stop():
-            return
+            return "stopped"
         try:
             conn, response = self._open("POST", "/chat/completions", body, accept="text/event-stream")
         except (OSError, http.client.HTTPException) as exc:
             raise RemoteLlmError(f"cannot reach the LLM server at {self.base_url} ({_reason(exc)})") from None
-        pieces, finished = 0, False
+        pieces, finished, reason = 0, False, "eos"
         try:
             if response.status != 200:
                 message = _error_message(response.read(MAX_BODY))
@@ -273,7 +276,7 @@ class OpenAICompatibleBackend:
             for event, data in sse_events(response):
                 if data.strip() == "[DONE]":
                     finished = True
-                    break
+                    return reason
                 try:
                     chunk = json.loads(data)
                 except ValueError:
@@ -286,22 +289,26 @@ class OpenAICompatibleBackend:
                 for choice in chunk.get("choices") or ():
                     if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
-                    finished = finished or bool(choice.get("finish_reason"))
+                    if choice.get("finish_reason"):
+                        finished = True
+                        reason = "length" if choice["finish_reason"] == "length" else "eos"
                     delta = choice.get("delta")
                     piece = delta.get("content") if isinstance(delta, dict) else None
                     if piece and isinstance(piece, str):
                         if should_stop():
-                            return
+                            return "stopped"
                         pieces += 1
+                        last = until(piece)
                         yield piece
-                        if should_stop():
-                            return
+                        if last or should_stop():
+                            return "stopped"
             if not finished:
                 raise RemoteLlmError(f"the LLM server at {self.base_url} ended the stream mid-reply "
                                      f"(after {pieces} pieces)")
+            return reason
         except (OSError, http.client.HTTPException) as exc:
             if finished:
-                return  # the reply was complete; only the end of the stream was lost
+                return reason  # the reply was complete; only the end of the stream was lost
             if isinstance(exc, TimeoutError):
                 raise RemoteLlmError(f"the LLM server at {self.base_url} sent nothing for "
                                      f"{self.read_timeout_s:g} s (S2S_LLM_READ_TIMEOUT_S)") from None

@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from services.llm.limits import repeated_sentences, split_sentences
+
 CONTENT_TYPES = {".wav": "audio/wav", ".ogg": "audio/ogg", ".webm": "audio/webm"}
 STAGE_FIELDS = ("asr", "llm", "llm_first_sentence", "tts", "tts_first_chunk")
 # error kinds: http_4xx / http_5xx (error_status), sse_error (error_stage), timeout, connection,
@@ -95,6 +97,10 @@ class TurnResult:
     audio_s: float = 0.0
     overhead_s: float | None = None  # ttfa_s - (asr + llm_first_sentence + tts_first_chunk)
     transcript: str | None = None
+    reply: str | None = None  # done.full_text, the spoken reply
+    end_reason: str | None = None  # why the LLM ended the reply (done.end_reason; "" from an older gateway)
+    sentences: int | None = None  # sentences of the reply, by the LLM stage's reply rules
+    repeated_sentences: int | None = None  # of them, repeats (or near copies) of an earlier one
 
     @property
     def error_label(self) -> str | None:
@@ -196,6 +202,10 @@ async def _run(session: aiohttp.ClientSession, base_url: str, audio: AudioInput,
                 for key in (*STAGE_FIELDS, "first_audio", "total"):
                     if isinstance(timing.get(key), (int, float)):
                         setattr(result, key, float(timing[key]))
+                result.reply = data.get("full_text") or ""
+                result.end_reason = data.get("end_reason") or ""
+                result.sentences = len(split_sentences(result.reply))
+                result.repeated_sentences = repeated_sentences(result.reply)
                 result.ok = True
                 return
             elif event == "error":

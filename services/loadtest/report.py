@@ -70,6 +70,11 @@ def summarize(run: RunResult) -> dict:
         "overhead": {"p50": latency["overhead_s"]["p50"], "p95": latency["overhead_s"]["p95"]},
         "chunks": stats([t.chunks for t in ok]),
         "audio_s": stats([t.audio_s for t in ok]),
+        # how the replies ended, and how many said a sentence twice (issue 18's loops)
+        "end_reasons": dict(Counter(t.end_reason or "unknown" for t in ok)),
+        "sentences": stats([t.sentences for t in ok]),
+        "replies_with_a_repeat": sum(1 for t in ok if t.repeated_sentences),
+        "repeat_share": round(sum(1 for t in ok if t.repeated_sentences) / len(ok), 6) if ok else None,
     }
 
 
@@ -200,6 +205,10 @@ def format_table(summary: dict) -> str:
                      f"{_fmt(s['max']):>10}")
     lines.append(f"  chunks p50 {_fmt(summary['chunks']['p50'])}, audio_s p50 {_fmt(summary['audio_s']['p50'])}, "
                  f"overhead p50 {_fmt(summary['overhead']['p50'])} p95 {_fmt(summary['overhead']['p95'])}")
+    if summary["end_reasons"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary["end_reasons"].items()))
+        lines.append(f"  replies: sentences p50 {_fmt(summary['sentences']['p50'])}, "
+                     f"{summary['replies_with_a_repeat']} with a repeated sentence; ended by {reasons}")
     if summary["errors_by_detail"]:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(summary["errors_by_detail"].items()))
         lines.append(f"  errors: {detail}")

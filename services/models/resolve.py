@@ -23,6 +23,11 @@ HUB_PROBE_TIMEOUT_S = 3.0
 FASTER_WHISPER_REPOS = "Systran/faster-whisper-{}"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KOKORO_WEIGHTS = "kokoro-v1_0.pth"
+# Decoding that resists loops, per model: SmolLM2-135M under plain greedy decoding says one
+# sentence again and again (issue 18; measured in docs/BENCHMARKS.md, "Replies that loop"). A
+# model not listed keeps its own generation config (Qwen2.5-1.5B-Instruct ships one).
+# S2S_LLM_REPETITION_PENALTY and S2S_LLM_NO_REPEAT_NGRAM_SIZE override it for any model.
+SMOLLM2_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 4}
 
 
 @dataclass
@@ -165,7 +170,7 @@ def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
     r = Resolver(settings, prepare, log_line)
     model = settings.get("MODEL", "Qwen/Qwen2.5-1.5B-Instruct")
     options = dict(device=settings.get("DEVICE", "auto"), dtype=settings.get("DTYPE", "auto"),
-                   gguf_file=settings.get("GGUF_FILE"))
+                   gguf_file=settings.get("GGUF_FILE"), **_decoding_settings(settings))
     if r.source in ("auto", "local") and Path(model).is_dir():
         return Plan(backend, {**options, "model": model}, model, "local", f"{model} is a local directory")
     r.need_local(f"S2S_LLM_MODEL={model!r}")
@@ -178,8 +183,24 @@ def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
             return Plan(backend, {**options, "model": model}, model, "hub", f"downloading {model} from the hub")
     reason = r.why_not_hub(model) if r.source == "auto" else "S2S_LLM_SOURCE=registry"
     path = r.registry("smollm2-135m-instruct")
-    return Plan(backend, {**options, "model": str(path), "gguf_file": SMOLLM2_GGUF}, "SmolLM2-135M-Instruct (GGUF)",
-                "registry", reason, artifact="smollm2-135m-instruct")
+    options = {**SMOLLM2_DECODING, **options, "model": str(path), "gguf_file": SMOLLM2_GGUF}
+    return Plan(backend, options, "SmolLM2-135M-Instruct (GGUF)", "registry", reason, artifact="smollm2-135m-instruct")
+
+
+def _decoding_settings(settings: StageSettings) -> dict:
+    """The operator's decoding overrides, if set (else the model plan's, else the model's own)."""
+    out = {}
+    penalty = settings.get_float("REPETITION_PENALTY", None)
+    if penalty is not None:
+        if penalty <= 0:
+            raise ConfigError(f"S2S_LLM_REPETITION_PENALTY must be more than 0 (1 = none), got {penalty:g}")
+        out["repetition_penalty"] = penalty
+    ngram = settings.get_int("NO_REPEAT_NGRAM_SIZE", None)
+    if ngram is not None:
+        if ngram < 0:
+            raise ConfigError(f"S2S_LLM_NO_REPEAT_NGRAM_SIZE must be 0 (off) or more, got {ngram}")
+        out["no_repeat_ngram_size"] = ngram
+    return out
 
 
 # --- TTS -------------------------------------------------------------------------------------
