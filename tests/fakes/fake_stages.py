@@ -16,14 +16,16 @@ from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint
 class FakeStages:
     def __init__(self, environ: dict[str, str], transcript: str = "What is the capital of France?",
                  sentences: tuple[str, ...] = ("Paris is the capital of France.", "It is lovely."),
-                 stages: tuple[str, ...] = STAGES):
+                 stages: tuple[str, ...] = STAGES, name: str = "fake"):
+        """name: the producer its messages carry, so that two of them are two workers of a stage."""
         self.environ = environ
+        self.name = name
         self.transcript = transcript
         self.sentences = sentences
         self.stages = stages
         self.llm_requests: list[LlmRequest] = []
         self.tts_requests: list[TtsRequest] = []
-        self.cancels: list[TurnCancel] = []
+        self.cancels: dict[str, list[TurnCancel]] = {stage: [] for stage in stages}  # as each stage heard them
         self.tts_delay = 0.0
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
         self.stop = threading.Event()
@@ -50,17 +52,19 @@ class FakeStages:
             sock.connect(stage_endpoint(stage, self.environ))
             pulls[sock] = stage
             poller.register(sock, zmq.POLLIN)
-        control = ctx.socket(zmq.SUB)  # the gateway's cancels, as every worker hears them
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.SUBSCRIBE, b"")
-        control.connect(control_endpoint(self.environ))
-        pulls[control] = "control"
-        poller.register(control, zmq.POLLIN)
+        controls = {}
+        for stage in self.stages:  # the gateway's cancels, on a socket of each stage's own, as workers hear them
+            control = ctx.socket(zmq.SUB)
+            control.setsockopt(zmq.LINGER, 0)
+            control.setsockopt(zmq.SUBSCRIBE, b"")
+            control.connect(control_endpoint(self.environ))
+            controls[control] = stage
+            poller.register(control, zmq.POLLIN)
 
         def send(message, *payload, reply_to=None):
             if reply_to is not None:
                 message.session, message.turn = reply_to.session, reply_to.turn
-            message.producer = "fake"
+            message.producer = self.name
             push.send_multipart(proto.encode(message, *payload))
 
         for stage in self.stages:
@@ -74,11 +78,13 @@ class FakeStages:
                 next_beat = time.monotonic() + 0.5
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
-                if pulls[sock] in self.silent and not isinstance(message, TurnCancel):
+                if sock in controls:
+                    if isinstance(message, TurnCancel):
+                        self.cancels[controls[sock]].append(message)
                     continue
-                if isinstance(message, TurnCancel):
-                    self.cancels.append(message)
-                elif isinstance(message, AsrRequest):
+                if pulls[sock] in self.silent:
+                    continue
+                if isinstance(message, AsrRequest):
                     send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
                          reply_to=message)
                 elif isinstance(message, LlmRequest):
@@ -95,6 +101,6 @@ class FakeStages:
                                   compute_s=0.01), pcm, reply_to=message)
                     send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
         push.close(0)
-        for sock in pulls:  # the stages' sockets and the control socket
+        for sock in [*pulls, *controls]:
             sock.close(0)
         ctx.term()
