@@ -119,6 +119,30 @@ async def test_cancelled_and_abandoned_turns_are_counted_by_kind(make_client, st
     assert value(m, "s2s_gateway_live_turns") == 0
 
 
+async def test_late_results_are_dropped_and_counted(make_client, stages):
+    """A stage that answers after its turn has ended (here: timed out) reaches no stream; the
+    gateway counts what it dropped, and the conversation's next turn is whole."""
+    client = await make_client(GatewaySettings(max_upload_bytes=200_000, max_audio_s=3.0, stage_wait_s=0.5,
+                                               stage_timeout_s=0.5))
+    await wait_ready(client)
+    stages.silent.add("tts")  # takes the sentences and says nothing until told
+    _, events = await turn(client)
+    assert events[-1][0] == "error" and events[-1][1]["stage"] == "tts"
+    held = len(stages.held)
+    assert held >= 1
+    stages.silent.clear()
+    stages.answer_held.set()  # audio and done for each sentence of the ended turn: late
+    for _ in range(200):
+        board = await (await client.get("/api/stages")).json()
+        if board["late_results"] >= 2 * held:
+            break
+        await asyncio.sleep(0.05)
+    assert board["late_results"] == 2 * held
+    assert value(await scrape(client), "s2s_gateway_late_results_total") == 2 * held
+    _, events = await turn(client)  # the same conversation's next turn: its own chunks only
+    assert [name for name, _ in events] == ["transcript", "chunk", "chunk", "done"]
+
+
 def test_every_error_a_turn_can_end_with_has_its_kind():
     def fresh():
         state = TurnState("s", 1, "wildlife_expert", "af_heart", [], time.monotonic)

@@ -28,6 +28,8 @@ class FakeStages:
         self.cancels: dict[str, list[TurnCancel]] = {stage: [] for stage in stages}  # as each stage heard them
         self.tts_delay = 0.0
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
+        self.held: list = []  # the requests a silent stage took: (message, payload)
+        self.answer_held = threading.Event()  # set: they are answered now, late
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -76,6 +78,11 @@ class FakeStages:
                 for stage in self.stages:
                     send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0))
                 next_beat = time.monotonic() + 0.5
+            if self.answer_held.is_set():
+                self.answer_held.clear()
+                held, self.held = self.held, []
+                for message, payload in held:
+                    self._answer(message, payload, send)
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
                 if sock in controls:
@@ -83,24 +90,29 @@ class FakeStages:
                         self.cancels[controls[sock]].append(message)
                     continue
                 if pulls[sock] in self.silent:
+                    self.held.append((message, payload))
                     continue
-                if isinstance(message, AsrRequest):
-                    send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
-                         reply_to=message)
-                elif isinstance(message, LlmRequest):
-                    self.llm_requests.append(message)
-                    for i, text in enumerate(self.sentences):
-                        send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
-                    send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
-                                 compute_s=0.02, first_sentence_s=0.01), reply_to=message)
-                elif isinstance(message, TtsRequest):
-                    self.tts_requests.append(message)
-                    time.sleep(self.tts_delay)
-                    pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
-                    send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
-                                  compute_s=0.01), pcm, reply_to=message)
-                    send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
+                self._answer(message, payload, send)
         push.close(0)
         for sock in [*pulls, *controls]:
             sock.close(0)
         ctx.term()
+
+    def _answer(self, message, payload, send) -> None:
+        """A request answered as the stage would, at once (TTS after tts_delay)."""
+        if isinstance(message, AsrRequest):
+            send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
+                 reply_to=message)
+        elif isinstance(message, LlmRequest):
+            self.llm_requests.append(message)
+            for i, text in enumerate(self.sentences):
+                send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
+            send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
+                         compute_s=0.02, first_sentence_s=0.01), reply_to=message)
+        elif isinstance(message, TtsRequest):
+            self.tts_requests.append(message)
+            time.sleep(self.tts_delay)
+            pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
+            send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
+                          compute_s=0.01), pcm, reply_to=message)
+            send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
