@@ -87,7 +87,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, bus: Bus):
         self.settings = settings
         self.bus = bus
-        self.board = StageBoard(stuck_after_s=settings.stuck_after_s)
+        self.board = StageBoard(stuck_after_s=settings.stuck_after_s, down_after_s=settings.down_after_s)
         self.conversations = ConversationStore()
         self.uploads: dict[str, Upload] = {}
         self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409

@@ -269,6 +269,24 @@ def test_a_stage_is_progressing_only_while_it_answers_some_turn():
     assert board.state("tts") == "down" and not board.progressing("tts", 5.0)
 
 
+def test_how_long_a_silent_worker_takes_to_be_down_is_a_setting(monkeypatch):
+    from gateway.stages import StageBoard
+    from proto import StageHeartbeat
+
+    assert GatewaySettings().down_after_s == 3.0  # three missed one-second heartbeats
+    monkeypatch.setenv("S2S_GATEWAY_DOWN_AFTER_S", "10")
+    settings = GatewaySettings.from_env()
+    assert settings.down_after_s == 10.0
+    now = [100.0]
+    board = StageBoard(clock=lambda: now[0], down_after_s=settings.down_after_s)
+    board.seen("tts")
+    board.update(StageHeartbeat(stage="tts", state="ready", busy_ms=0, queue_depth=0))
+    now[0] += 9.0
+    assert board.state("tts") == "ready"
+    now[0] += 2.0
+    assert board.state("tts") == "down"
+
+
 async def test_a_second_stream_of_a_live_session_is_409(make_client, stages):
     stages.tts_delay = 0.5
     client = await make_client()
