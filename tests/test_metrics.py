@@ -56,7 +56,7 @@ async def test_a_turn_is_counted_with_its_latencies(make_client, stages):
     assert value(m, "s2s_gateway_turns_completed_total") == 1
     assert value(m, "s2s_gateway_errors_total") == 0
     assert value(m, "s2s_gateway_ttfa_seconds_count") == 1
-    assert 0 < value(m, "s2s_gateway_ttfa_seconds_sum") < 5
+    assert 0 < value(m, "s2s_gateway_ttfa_seconds_sum") < 60  # recorded, in seconds (a loaded machine's margin)
     assert value(m, "s2s_gateway_upload_ttfa_seconds_count") == 1
     assert value(m, "s2s_gateway_turn_seconds_count") == 1
     for stage, measure in [("asr", "total"), ("llm", "total"), ("llm", "first_sentence"), ("tts", "total"),
