@@ -96,7 +96,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, bus: Bus):
         self.settings = settings
         self.bus = bus
-        self.board = StageBoard(stuck_after_s=settings.stuck_after_s)
+        self.board = StageBoard(stuck_after_s=settings.stuck_after_s, down_after_s=settings.down_after_s)
         self.conversations = ConversationStore(settings.max_conversations, settings.max_conversations_per_client)
         self.uploads: dict[str, Upload] = {}
         self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.stages import STUCK_AFTER_S
+from gateway.stages import DOWN_AFTER_S, STUCK_AFTER_S
 from gateway.media import BYTES_PER_SECOND
 from services.runtime.endpoints import MAX_MESSAGE_BYTES
 from services.runtime.errors import ConfigError
@@ -23,6 +23,7 @@ class GatewaySettings:
     stage_timeout_s: float = 60.0  # longest silence from the stage a turn is waiting on
     queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
     stuck_after_s: float = STUCK_AFTER_S  # a stage busy this long without any result is stuck
+    down_after_s: float = DOWN_AFTER_S  # a worker silent this long (no heartbeat) is down: hung
     max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
     # Host names the gateway answers to besides localhost and the address a connection came in on
     # (a reverse proxy's public name): any other Host header is refused (DNS rebinding).
@@ -68,6 +69,7 @@ class GatewaySettings:
             stage_timeout_s=s.get_float("STAGE_TIMEOUT_S", d.stage_timeout_s),
             queue_timeout_s=s.get_float("QUEUE_TIMEOUT_S", d.queue_timeout_s),
             stuck_after_s=s.get_float("STUCK_AFTER_S", d.stuck_after_s),
+            down_after_s=s.get_float("DOWN_AFTER_S", d.down_after_s),
             max_turns_per_client=s.get_int("MAX_TURNS_PER_CLIENT", d.max_turns_per_client),
             allowed_hosts=tuple(h.strip().lower() for h in (s.get("ALLOWED_HOSTS") or "").split(",") if h.strip()),
             max_uploads_in_flight=s.get_int("MAX_UPLOADS_IN_FLIGHT", d.max_uploads_in_flight),

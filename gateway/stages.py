@@ -51,9 +51,10 @@ class StageStatus:
 
 
 class StageBoard:
-    def __init__(self, clock=time.monotonic, stuck_after_s: float = STUCK_AFTER_S):
+    def __init__(self, clock=time.monotonic, stuck_after_s: float = STUCK_AFTER_S, down_after_s: float = DOWN_AFTER_S):
         self.clock = clock
         self.stuck_after_s = stuck_after_s
+        self.down_after_s = down_after_s
         self.stages = {name: StageStatus() for name in STAGES}
         # Instances that said bye or whose process left the bus: their work is lost, and a stray
         # message of theirs still in flight must not make the stage look alive again.
@@ -168,7 +169,7 @@ class StageBoard:
         if worker is None:
             return "down"
         now = self.clock()
-        if worker.state != "failed" and now - worker.last_seen > DOWN_AFTER_S:
+        if worker.state != "failed" and now - worker.last_seen > self.down_after_s:
             return "down"
         if (worker.state == "busy" and worker.busy_ms / 1000 > self.stuck_after_s
                 and now - worker.last_result > self.stuck_after_s):

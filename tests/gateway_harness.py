@@ -52,6 +52,16 @@ async def wait_ready(client):
     raise AssertionError("gateway never became ready")
 
 
+async def wait_stages_ready(client, *names):
+    """Until each named stage is ready on the board (readyz stays 503 while another is missing)."""
+    for _ in range(200):
+        board = (await (await client.get("/api/stages")).json())["stages"]
+        if all(board.get(name, {}).get("state") == "ready" for name in names):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{names} never became ready: {board}")
+
+
 async def eventually(predicate, timeout=5.0):
     for _ in range(int(timeout / 0.05)):
         if predicate():

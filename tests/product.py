@@ -107,6 +107,25 @@ class Product:
                 pids[parts[0]] = int(parts[3].rstrip(","))
         return pids
 
+    def log_size(self, program: str) -> int:
+        log = self.var / "log" / f"{program}.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def log_records(self, program: str, since: int = 0, msg: str | None = None) -> list[dict]:
+        """The JSON log lines of a program (from byte offset `since`), those saying `msg` if given."""
+        with open(self.var / "log" / f"{program}.log", "rb") as log:
+            log.seek(since)
+            lines = log.read().decode(errors="replace").splitlines()
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:  # supervisor's own lines, a traceback
+                continue
+            if isinstance(record, dict) and (msg is None or record.get("msg") == msg):
+                records.append(record)
+        return records
+
     def logs(self, lines: int = 30) -> str:
         out = []
         for program in PROGRAMS:  # tts.log, or tts_0.log, tts_1.log ... for several workers

@@ -17,15 +17,20 @@ S2S_UPDATE_SCREENSHOTS=1, otherwise into a temp dir so a test run leaves the che
 
 from __future__ import annotations
 
+import base64
 import os
+import signal
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
+from gateway.media import sniff_format
 from tests.audio import spoken_wav
 from tests.product import ROOT, running, tiny_env
 
@@ -46,6 +51,15 @@ HOLD_MS = 1000  # how long a test holds the button: a second of the spoken quest
 TURN_MS = 60_000  # a turn of the tiny models takes a few seconds; this bounds a slow, loaded machine
 SLACK_MS = 250  # decode and event dispatch between one chunk's end (or arrival) and the next's start
 STOP_MS = 200  # Stop silences the audio within this
+KEEP_UPLOADS = """(() => {
+    window.keptUploads = [];
+    const fetchAsThePageDoes = window.fetch;
+    window.fetch = function (url, options) {
+        if (String(url).includes("/upload") && options && options.body instanceof Blob) keptUploads.push(options.body);
+        return fetchAsThePageDoes.apply(this, arguments);
+    };
+})();"""
+MIN_SPEECH_RMS = 0.01  # the spoken question as the fake microphone records it is about LEVEL; silence is 0
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +127,9 @@ class Tab:
         self.requests: list[tuple[float, str, str]] = []  # (monotonic time, method, url)
         self.errors: list[str] = []  # uncaught exceptions and CSP violations
         context.on("request", lambda r: self.requests.append((time.monotonic(), r.method, r.url)))
+        # the recordings the page posts, kept as it sends them (the devtools protocol leaves a
+        # blob body out of the request it reports)
+        context.add_init_script(KEEP_UPLOADS)
         self.page = context.new_page()
         self.page.set_default_timeout(30_000)
         self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
@@ -211,12 +228,36 @@ class Tab:
 
     # --- checks every tab passes ----------------------------------------------------------------
 
+    def uploads(self) -> list[bytes]:
+        encoded = self.js("""() => Promise.all(window.keptUploads.map(async blob => {
+            const bytes = new Uint8Array(await blob.arrayBuffer());
+            let text = "";
+            for (const b of bytes) text += String.fromCharCode(b);
+            return btoa(text);
+        }))""")
+        return [base64.b64decode(e) for e in encoded]
+
     def check_clean(self) -> None:
         """Every request went to the gateway's origin; no uncaught error, no CSP violation."""
         foreign = [url for _, _, url in self.requests if not url.startswith(("data:", "blob:"))
                    and urlsplit(url)[:2] != urlsplit(self.origin)[:2]]
         assert not foreign, foreign
         assert not self.errors, self.errors
+        # the tiny ASR hears the same words in anything, silence included: the transcripts count
+        # only because every recording posted carried the microphone's sound
+        for body in self.uploads():
+            assert speech_level(body) > MIN_SPEECH_RMS, "a recording without sound was posted"
+
+
+def speech_level(recording: bytes) -> float:
+    """The RMS level (full scale 1.0) of a recording the page posted, decoded as the gateway does."""
+    decoded = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", sniff_format(recording), "-i", "pipe:0",
+                              "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1"], input=recording, capture_output=True,
+                             timeout=60)
+    assert decoded.returncode == 0, (len(recording), recording[:16], decoded.stderr.decode(errors="replace")[-500:])
+    pcm = decoded.stdout
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype=np.int16).astype(np.float64) / 32768
+    return float(np.sqrt(np.mean(samples ** 2))) if samples.size else 0.0
 
 
 @contextmanager
@@ -260,6 +301,7 @@ def test_a_spoken_turn_plays_its_chunks_in_order_without_overlap_or_gaps(browser
         t.hold_to_talk(while_listening=lambda: shots(t.page, "listening"))
         t.wait("() => !document.querySelector('#conversation .msg--user .msg__text--pending')")
         assert t.last_turn()["user"].strip()  # the transcript, shown as soon as it came
+        [recording] = t.uploads()  # what the transcript was made from: checked for sound on leaving
         t.wait("() => !document.querySelector('#conversation .msg--assistant .msg__text--pending')")
         t.wait("() => s2s.state === 'speaking'", TURN_MS)
         shots(t.page, "speaking")
@@ -296,20 +338,48 @@ def test_a_spoken_turn_plays_its_chunks_in_order_without_overlap_or_gaps(browser
         assert any("/stream/" + view["session"] in u for _, _, u in t.requests)
 
 
+def stop_while_tts_is_held(t: Tab, product, attempts: int = 3) -> tuple[str, float, float]:
+    """Ask, and press Stop while the first chunk plays and the rest of the answer has surely not
+    come: the TTS worker is held still from the first chunk's arrival until after Stop (well under
+    the 3 s that make it "hung"), so Stop interrupts the answer, whatever the machine's speed. The
+    TTS may have spoken the whole answer before it is held: then the question is asked again."""
+    tts = product.pids()["tts"]
+    for _ in range(attempts):
+        t.hold_to_talk()
+        t.wait("() => s2s.chunks.some(c => c.sessionId === s2s.sessionId)", TURN_MS)
+        os.kill(tts, signal.SIGSTOP)
+        try:
+            session = t.js("() => s2s.sessionId")
+            # only the first chunk came, and not `done`: the rest of the answer is held back
+            held = t.js("id => s2s.chunks.filter(c => c.sessionId === id).length === 1"
+                        " && !s2s.marks.some(m => m.sessionId === id && m.name === 'done')", session)
+            if held:
+                t.wait("() => s2s.chunks.some(c => c.sessionId === s2s.sessionId && c.startedAt !== null"
+                       " && performance.now() - c.startedAt > 100)", 10_000)  # audible for a moment
+                t.page.click("#stop")
+                clicked = time.monotonic()
+                stop = t.js("() => s2s.marks.filter(m => m.name === 'stop').pop().at")
+                assert not t.js("id => s2s.marks.some(m => m.sessionId === id && m.name === 'done')", session)
+                return session, clicked, stop
+        finally:
+            os.kill(tts, signal.SIGCONT)
+        t.wait_idle()
+        t.page.click("#clear")  # asked again afresh: the same two-chunk answer
+        t.wait("() => document.getElementById('status').textContent === 'History cleared.'", 10_000)
+    raise AssertionError(f"the TTS finished the whole answer before it could be held, {attempts} times")
+
+
 def test_stop_mid_answer_silences_within_200_ms_and_nothing_more_is_fetched_or_played(browser, product):
     with tab(browser, product) as t:
         t.open()
         choose(t, "astronaut", "Captain Alex")  # two chunks: Stop lands in the first
         # the level of the audio going to the speakers, sampled every 5 ms from now on
         t.js("() => { window.levels = []; setInterval(() => levels.push([performance.now(), s2s.outputLevel()]), 5); }")
-        t.hold_to_talk()
-        t.wait("() => s2s.chunks.some(c => c.sessionId === s2s.sessionId && c.startedAt !== null)", TURN_MS)
-        session = t.js("() => s2s.sessionId")
-        t.page.click("#stop")
-        clicked = time.monotonic()
-        stop = t.js("() => s2s.marks.filter(m => m.name === 'stop').pop().at")
-        # the rest of the answer would have come within a few seconds: watch that it does not
+        session, clicked, stop = stop_while_tts_is_held(t, product)
+        # the TTS, let go, has the rest of the answer: watch that none of it comes (and that the
+        # audio stays silent) for seconds, and that the TTS is done with it
         t.page.wait_for_timeout(2500)
+        product.wait_ready(60)
 
         chunks = t.js("id => s2s.chunks.filter(c => c.sessionId === id)", session)
         playing = [c for c in chunks if c["startedAt"] is not None and c["startedAt"] < stop

@@ -9,12 +9,17 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+import sys
+
 import pytest
 import zmq
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10, still supported: tomli is what became tomllib (a test dependency there)
+    import tomli as tomllib
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

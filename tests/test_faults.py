@@ -10,9 +10,11 @@ import asyncio
 import os
 import signal
 import time
+from collections import Counter
 
 import pytest
 
+from gateway.app import SHUTTING_DOWN
 from tests.audio import spoken_wav
 from tests.product import Product, running, tiny_env
 from tests.streams import ENDINGS, Stream, assert_ends_once, back_ready, new_session, wait_for
@@ -38,12 +40,27 @@ def question(tmp_path_factory):
 
 # which event shows that a turn's work has reached the stage
 REACHED = {"asr": None, "llm": "transcript", "tts": "chunk"}
+STAGES = ("asr", "llm", "tts")
+
+
+def requests_sent(product, since: int, stage: str | None = None) -> Counter:
+    """How many times the gateway sent each request (session, turn, tag, index) since that offset
+    of its log: a request sent again to a restarted stage is counted twice."""
+    return Counter((r.get("session"), r.get("turn"), r["tag"], r.get("index"))
+                   for r in product.log_records("gateway", since)
+                   if r.get("msg", "").startswith("sending ") and "tag" in r
+                   and (stage is None or r.get("stage") == stage))
+
+
+async def wait_for_sent(product, since: int, stage: str, count: int) -> None:
+    await wait_for(lambda: len(requests_sent(product, since, stage)) >= count, 120, f"{count} requests sent to {stage}")
 
 
 @pytest.mark.parametrize("stage", ["asr", "llm", "tts"])
 def test_kill_9_with_five_streams_in_flight(product, question, stage):
     """The gateway re-sends each lost request once to the restarted stage: every stream ends
     within 10 s of the stage being back, no chunk twice, and the next turn completes."""
+    log_from = product.log_size("gateway")
 
     async def scenario():
         async with new_session() as http:
@@ -57,9 +74,9 @@ def test_kill_9_with_five_streams_in_flight(product, question, stage):
             for stream in streams:  # five questions at once
                 stream.open()
             if REACHED[stage]:
-                await wait_for(lambda: all(s.saw(REACHED[stage]) for s in streams[:2]), 60, f"turns to reach {stage}")
-            else:
-                await asyncio.sleep(0.5)
+                await wait_for(lambda: all(s.saw(REACHED[stage]) for s in streams[:2]), 180, f"turns to reach {stage}")
+            else:  # all five requests went to the held ASR: it has them all when it dies
+                await wait_for_sent(product, log_from, "asr", 5)
             assert not all(s.events and s.ending[0] in ENDINGS for s in streams), "nothing was in flight"
             os.kill(pid, signal.SIGKILL)
             back = await back_ready(product, stage, pid)
@@ -73,7 +90,15 @@ def test_kill_9_with_five_streams_in_flight(product, question, stage):
     for stream in streams:
         assert_ends_once(stream, stage)
         assert stream.ended_at - back <= 10.0, (stream.ending, stream.ended_at - back)
-    assert after["resent_requests"] > before["resent_requests"]  # the lost work was sent again
+    # the lost work was sent again, each request once (a turn whose request was lost and not sent
+    # again could not end with `done`, checked below)
+    sent = requests_sent(product, log_from)
+    again = sorted(key for key, times in sent.items() if times > 1)
+    assert again and max(sent.values()) == 2, sent
+    assert {tag.split(".")[0] for _, _, tag, _ in again} == {stage}, again
+    assert after["resent_requests"] - before["resent_requests"] == len(again)
+    if stage == "asr":  # held still from before the streams opened: it had every turn's request
+        assert len(again) == 5
     # with one retry, the turns whose work was lost still complete
     assert all(s.ending[0] == "done" for s in streams), [
         (s.ending[0], s.ending[1].get("message")) for s in streams]
@@ -136,28 +161,60 @@ def test_stop_ends_the_turn_and_the_next_one_starts_at_once(product, question):
 
 
 def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(product, question):
+    """Every open stream gets the shutdown error, every stage is told to drop each of those turns,
+    and the gateway exits cleanly before supervisor's stopwaitsecs (10 s) would kill it."""
+    log_from = {program: product.log_size(program) for program in ("gateway", *STAGES)}
+    asr = product.pids()["asr"]
+
     async def scenario():
-        streams = [await Stream(product.url).start(question) for _ in range(3)]
-        await wait_for(lambda: all(s.saw("transcript") for s in streams), 60, "transcripts")
-        started = time.monotonic()
-        await asyncio.to_thread(product.ctl, "stop", "gateway")
-        stopped_in = time.monotonic() - started
+        streams = [await Stream(product.url).upload(question) for _ in range(3)]
+        # the ASR is held still (well under the 3 s that make it "hung"), so that no turn can end
+        # before the gateway stops
+        os.kill(asr, signal.SIGSTOP)
+        try:
+            for stream in streams:
+                stream.open()
+            await wait_for_sent(product, log_from["gateway"], "asr", 3)
+            gateway = product.pids()["gateway"]
+            started = time.monotonic()
+            os.kill(gateway, signal.SIGTERM)  # as supervisor stops it
+            await wait_for(lambda: not alive(gateway), 30, "the gateway to exit")
+            stopped_in = time.monotonic() - started
+        finally:
+            os.kill(asr, signal.SIGCONT)
         await asyncio.wait_for(asyncio.gather(*(s.task for s in streams), return_exceptions=True), 30)
         return streams, stopped_in
 
     try:
         streams, stopped_in = asyncio.run(scenario())
+        told = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the workers log each cancel as it arrives
+            told = {stage: {(r.get("session"), r.get("turn"))
+                            for r in product.log_records(stage, log_from[stage], "cancel received")}
+                    for stage in STAGES}
+            if all(len(turns) >= 3 for turns in told.values()):
+                break
+            time.sleep(0.2)
     finally:
         product.ctl("start", "gateway", check=False)
         product.wait_ready(120)
     for stream in streams:
         assert_ends_once(stream)
-        if stream.ending[0] == "error":
-            assert "shutting down" in stream.ending[1]["message"]
-    assert any(s.ending[0] == "error" for s in streams)
+        assert stream.ending == ("error", {"message": SHUTTING_DOWN, "kind": "shutdown"}), stream.ending
+    turns = told["asr"]
+    assert len(turns) == 3 and told["llm"] == turns and told["tts"] == turns, told
     assert stopped_in < 10.0  # before supervisor's stopwaitsecs would kill it
     log = (product.var / "log" / "supervisord.log").read_text()
-    assert "gateway (terminated by SIGKILL)" not in log and "stopped: gateway (exit status 0)" in log
+    assert "gateway (terminated by SIGKILL)" not in log and "exited: gateway (exit status 0; expected)" in log
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_stage_that_cannot_start_does_not_restart_loop_and_readyz_says_why(models, tmp_path):

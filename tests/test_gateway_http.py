@@ -12,7 +12,7 @@ from aiohttp import FormData
 from gateway.settings import GatewaySettings
 from tests.audio import tone_wav
 from tests.fakes.fake_stages import FakeStages
-from tests.gateway_harness import SETTINGS, eventually, turn, wait_ready
+from tests.gateway_harness import SETTINGS, eventually, turn, wait_ready, wait_stages_ready
 from tests.recordings import CUTS, cut, ffmpeg_children, tone_recording
 from tests.sse import parse_sse
 
@@ -183,7 +183,26 @@ async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stage
     assert (await client.post(f"/api/cancel/{session_id}")).status == 200
     events = parse_sse(first.decode() + (await stream.text()))
     assert events[-1][0] == "error" and "cancelled" in events[-1][1]["message"]
-    assert await eventually(lambda: any(c.turn == 1 for c in stages.cancels))
+    # each stage hears it on its own control socket, as each worker does
+    assert await eventually(lambda: all(any(c.turn == 1 for c in stages.cancels[s]) for s in ("asr", "llm", "tts")))
+
+
+async def test_cancel_reaches_the_tts_worker_holding_the_turn(make_client, bus_env):
+    # two TTS workers behind one gateway, each with its own name and control socket
+    with FakeStages(bus_env, stages=("asr", "llm")), \
+            FakeStages(bus_env, stages=("tts",), name="tts-a") as a, \
+            FakeStages(bus_env, stages=("tts",), name="tts-b") as b:
+        a.tts_delay = b.tts_delay = 0.5  # still speaking when Stop comes
+        client = await make_client()
+        await wait_ready(client)
+        session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
+        stream = await client.get(f"/stream/{session_id}")
+        assert await eventually(lambda: bool(a.tts_requests or b.tts_requests))
+        assert (await client.post(f"/api/cancel/{session_id}")).status == 200
+        await stream.text()
+        holders = [w for w in (a, b) if any(r.turn == 1 for r in w.tts_requests)]
+        assert holders
+        assert await eventually(lambda: all(any(c.turn == 1 for c in w.cancels["tts"]) for w in holders))
 
 
 async def test_client_disconnect_cancels_the_turn(make_client, stages):
@@ -194,14 +213,14 @@ async def test_client_disconnect_cancels_the_turn(make_client, stages):
     stream = await client.get(f"/stream/{session_id}")
     await stream.content.readuntil(b"\n\n")
     stream.close()
-    assert await eventually(lambda: bool(stages.cancels))
-    assert stages.cancels[0].turn == 1
+    assert await eventually(lambda: bool(stages.cancels["tts"]))
+    assert stages.cancels["tts"][0].turn == 1
 
 
 async def test_a_missing_stage_is_an_error_event_naming_it(make_client, bus_env):
     client = await make_client()
     with FakeStages(bus_env, stages=("asr", "llm")):
-        await asyncio.sleep(0.3)
+        await wait_stages_ready(client, "asr", "llm")
         _, events = await turn(client)
     assert [name for name, _ in events] == ["transcript", "error"]
     assert events[-1][1]["stage"] == "tts" and "TTS" in events[-1][1]["message"]
@@ -248,6 +267,24 @@ def test_a_stage_is_progressing_only_while_it_answers_some_turn():
     board.result_seen("tts")
     now[0] += 4.0  # no heartbeat for 4 s: down, whatever it answered before
     assert board.state("tts") == "down" and not board.progressing("tts", 5.0)
+
+
+def test_how_long_a_silent_worker_takes_to_be_down_is_a_setting(monkeypatch):
+    from gateway.stages import StageBoard
+    from proto import StageHeartbeat
+
+    assert GatewaySettings().down_after_s == 3.0  # three missed one-second heartbeats
+    monkeypatch.setenv("S2S_GATEWAY_DOWN_AFTER_S", "10")
+    settings = GatewaySettings.from_env()
+    assert settings.down_after_s == 10.0
+    now = [100.0]
+    board = StageBoard(clock=lambda: now[0], down_after_s=settings.down_after_s)
+    board.seen("tts")
+    board.update(StageHeartbeat(stage="tts", state="ready", busy_ms=0, queue_depth=0))
+    now[0] += 9.0
+    assert board.state("tts") == "ready"
+    now[0] += 2.0
+    assert board.state("tts") == "down"
 
 
 async def test_a_second_stream_of_a_live_session_is_409(make_client, stages):

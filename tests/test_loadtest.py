@@ -92,8 +92,13 @@ async def test_turns_at_concurrency_two_complete_with_sane_numbers(gateway, bus_
         assert t.tts == pytest.approx(0.02)
         assert t.overhead_s == pytest.approx(t.ttfa_s - 0.03)
         assert t.transcript == "What is the capital of France?"
-    # one cookie jar per user: each user's history grows only with its own turns
-    assert sorted(len(r.history) for r in stages.llm_requests) == [1, 1, 3, 3, 5, 5]
+    # one cookie jar per user: each user's history grows only with its own turns (a user free
+    # first takes the next turn, so how many each asked depends on the machine's speed)
+    histories: dict[str, list[int]] = {}
+    for request in stages.llm_requests:
+        histories.setdefault(request.session, []).append(len(request.history))
+    assert len(histories) == 2 and sum(map(len, histories.values())) == 6
+    assert all(sorted(h) == list(range(1, 2 * len(h), 2)) for h in histories.values()), histories
 
     summary = summarize(result)
     assert summary["turns"] == summary["ok_turns"] == 6 and summary["errors"] == 0
@@ -146,7 +151,8 @@ async def test_rate_mode_is_bounded_by_time(gateway, bus_env, wav_dir):
         cfg = config(gateway, load_inputs([wav_dir]), turns=100, rate=5.0)
         cfg.max_seconds = 0.5
         result = await run_rate(cfg)
-    assert 1 <= len(result.turns) <= 4 and result.stopped_by_deadline and result.wall_s < 3
+    # 100 arrivals at 5/s would take 20 s: the deadline ended the run (with a loaded machine's margin)
+    assert 1 <= len(result.turns) <= 4 and result.stopped_by_deadline and result.wall_s < 10
 
 
 async def test_errors_are_counted_by_kind(gateway, bus_env, wav_dir, tmp_path):
@@ -169,15 +175,25 @@ async def test_errors_are_counted_by_kind(gateway, bus_env, wav_dir, tmp_path):
 
 
 async def wait_ready_partial(url: str) -> None:
-    await asyncio.sleep(0.3)  # readyz stays 503 without TTS; give the fakes' hello a moment
+    """Until ASR and LLM are ready (readyz stays 503 without TTS)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            async with session.get(f"{url}/api/stages") as resp:
+                board = (await resp.json())["stages"]
+            if board["asr"]["state"] == board["llm"]["state"] == "ready":
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"asr and llm never became ready: {board}")
 
 
 async def test_a_turn_timeout_is_its_own_kind(gateway, bus_env, wav_dir):
     with FakeStages(bus_env) as stages:
-        stages.tts_delay = 0.6
+        stages.silent.add("tts")  # the turn waits on TTS, which never answers
         await wait_ready(gateway)
         cfg = config(gateway, load_inputs([wav_dir]), turns=1)
-        cfg.turn_timeout = 0.3
+        cfg.turn_timeout = 2.0  # under the gateway's own 5 s TTS timeout, far over a transcript's time
         result = await run_concurrency(cfg)
     (turn,) = result.turns
     assert turn.error_kind == "timeout" and not turn.ok and turn.transcript_s is not None

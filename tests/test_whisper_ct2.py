@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import faster_whisper  # noqa: F401  a hard dependency (pyproject.toml): missing, these tests fail, never skip
 import whisper
 from whisper.model import ModelDimensions
 
@@ -248,7 +249,6 @@ def scripted_ct2_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("compute_type", ["auto", "float32"])
 def test_faster_whisper_backend_transcribes(scripted_ct2_dir, compute_type):
-    pytest.importorskip("faster_whisper")
     from services.asr.backends import FasterWhisperBackend
 
     backend = FasterWhisperBackend(str(scripted_ct2_dir), device="cpu", compute_type=compute_type)
@@ -268,7 +268,6 @@ def test_openai_whisper_agrees_on_the_converted_scripted_model(scripted_ct2_dir,
 
 
 def test_faster_whisper_backend_errors_are_config_errors(tmp_path, scripted_ct2_dir, monkeypatch):
-    pytest.importorskip("faster_whisper")
     from services.asr.backends import FasterWhisperBackend
 
     with pytest.raises(ConfigError, match="does not exist"):
@@ -320,7 +319,6 @@ def test_real_ct2_whisper_converts_and_transcribes(tmp_path, registry_model):
     text = model.transcribe(audio, language="en", fp16=False)["text"]
     assert _normalize(text) == _normalize(sentence), text
 
-    pytest.importorskip("faster_whisper")
     from services.asr.backends import FasterWhisperBackend
 
     backend = FasterWhisperBackend(src, device="cpu")

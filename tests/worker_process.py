@@ -29,16 +29,17 @@ def private_run_dir():
 
 
 class WorkerProcess:
-    """`python -m <module>` (a stage's entry point) with env; bus_after_s: the gateway comes up later."""
+    """`python -m <module>` (a stage's entry point) with env; late_bus: the gateway comes up only
+    once the worker has loaded and says so in its log (so its hello and ready wait for it)."""
 
-    def __init__(self, env, module: str = "tests.fakes.scripted_stage", bus_after_s: float = 0.0,
+    def __init__(self, env, module: str = "tests.fakes.scripted_stage", late_bus: bool = False,
                  bus: BusClient | None = None, **extra):
         """bus: another worker's, to run several workers of one stage behind one gateway."""
         self.env = {**env, **extra}
         self.own_bus = bus is None
         if bus is not None:
             self.bus = bus
-        elif not bus_after_s:
+        elif not late_bus:
             self.bus = BusClient(self.env)
         # Its output goes to a file, not a pipe that nobody drains: a worker that logs every frame
         # it drops would block on a full pipe, and look hung.
@@ -46,13 +47,21 @@ class WorkerProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", module], env=self.env, cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT)
-        if bus_after_s:
-            time.sleep(bus_after_s)
+        if late_bus:
+            self.wait_for_output(" ready: backend=")
             self.bus = BusClient(self.env)
 
     def ready(self, timeout: float = 20):
         self.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=timeout)
         return self
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> None:
+        """Until the worker's log says `text` (a loaded machine may take many seconds to start it)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.proc.poll() is None, f"the worker exited: {self.output()}"
+            assert time.monotonic() < deadline, f"the worker never logged {text!r}: {self.output()}"
+            time.sleep(0.05)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

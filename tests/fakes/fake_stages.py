@@ -16,16 +16,20 @@ from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint
 class FakeStages:
     def __init__(self, environ: dict[str, str], transcript: str = "What is the capital of France?",
                  sentences: tuple[str, ...] = ("Paris is the capital of France.", "It is lovely."),
-                 stages: tuple[str, ...] = STAGES):
+                 stages: tuple[str, ...] = STAGES, name: str = "fake"):
+        """name: the producer its messages carry, so that two of them are two workers of a stage."""
         self.environ = environ
+        self.name = name
         self.transcript = transcript
         self.sentences = sentences
         self.stages = stages
         self.llm_requests: list[LlmRequest] = []
         self.tts_requests: list[TtsRequest] = []
-        self.cancels: list[TurnCancel] = []
+        self.cancels: dict[str, list[TurnCancel]] = {stage: [] for stage in stages}  # as each stage heard them
         self.tts_delay = 0.0
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
+        self.held: list = []  # the requests a silent stage took: (message, payload)
+        self.answer_held = threading.Event()  # set: they are answered now, late
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -50,17 +54,19 @@ class FakeStages:
             sock.connect(stage_endpoint(stage, self.environ))
             pulls[sock] = stage
             poller.register(sock, zmq.POLLIN)
-        control = ctx.socket(zmq.SUB)  # the gateway's cancels, as every worker hears them
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.SUBSCRIBE, b"")
-        control.connect(control_endpoint(self.environ))
-        pulls[control] = "control"
-        poller.register(control, zmq.POLLIN)
+        controls = {}
+        for stage in self.stages:  # the gateway's cancels, on a socket of each stage's own, as workers hear them
+            control = ctx.socket(zmq.SUB)
+            control.setsockopt(zmq.LINGER, 0)
+            control.setsockopt(zmq.SUBSCRIBE, b"")
+            control.connect(control_endpoint(self.environ))
+            controls[control] = stage
+            poller.register(control, zmq.POLLIN)
 
         def send(message, *payload, reply_to=None):
             if reply_to is not None:
                 message.session, message.turn = reply_to.session, reply_to.turn
-            message.producer = "fake"
+            message.producer = self.name
             push.send_multipart(proto.encode(message, *payload))
 
         for stage in self.stages:
@@ -72,29 +78,41 @@ class FakeStages:
                 for stage in self.stages:
                     send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0))
                 next_beat = time.monotonic() + 0.5
+            if self.answer_held.is_set():
+                self.answer_held.clear()
+                held, self.held = self.held, []
+                for message, payload in held:
+                    self._answer(message, payload, send)
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
-                if pulls[sock] in self.silent and not isinstance(message, TurnCancel):
+                if sock in controls:
+                    if isinstance(message, TurnCancel):
+                        self.cancels[controls[sock]].append(message)
                     continue
-                if isinstance(message, TurnCancel):
-                    self.cancels.append(message)
-                elif isinstance(message, AsrRequest):
-                    send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
-                         reply_to=message)
-                elif isinstance(message, LlmRequest):
-                    self.llm_requests.append(message)
-                    for i, text in enumerate(self.sentences):
-                        send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
-                    send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
-                                 compute_s=0.02, first_sentence_s=0.01), reply_to=message)
-                elif isinstance(message, TtsRequest):
-                    self.tts_requests.append(message)
-                    time.sleep(self.tts_delay)
-                    pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
-                    send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
-                                  compute_s=0.01), pcm, reply_to=message)
-                    send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
+                if pulls[sock] in self.silent:
+                    self.held.append((message, payload))
+                    continue
+                self._answer(message, payload, send)
         push.close(0)
-        for sock in pulls:  # the stages' sockets and the control socket
+        for sock in [*pulls, *controls]:
             sock.close(0)
         ctx.term()
+
+    def _answer(self, message, payload, send) -> None:
+        """A request answered as the stage would, at once (TTS after tts_delay)."""
+        if isinstance(message, AsrRequest):
+            send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
+                 reply_to=message)
+        elif isinstance(message, LlmRequest):
+            self.llm_requests.append(message)
+            for i, text in enumerate(self.sentences):
+                send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
+            send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
+                         compute_s=0.02, first_sentence_s=0.01), reply_to=message)
+        elif isinstance(message, TtsRequest):
+            self.tts_requests.append(message)
+            time.sleep(self.tts_delay)
+            pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
+            send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
+                          compute_s=0.01), pcm, reply_to=message)
+            send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)

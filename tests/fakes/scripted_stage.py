@@ -1,7 +1,8 @@
 """A stage with a scripted 'model', run by the real worker runtime (tests of the runtime only).
 
-The request text is a script: "parts=N delay=S" yields N audio parts S seconds apart;
-"boom" raises inside the model; "bad" is a bad request.
+The request text is a script: "parts=N delay=S" yields N audio parts S seconds apart; "hold=S"
+waits up to S seconds before its first part, less if the turn is stopped meanwhile (a request a
+test keeps in progress until it stops it); "boom" raises inside the model; "bad" is a bad request.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class ScriptedStage:
             raise BadRequest("that request makes no sense")
         script = dict(item.split("=") for item in request.text.split())
         parts, delay = int(script.get("parts", 1)), float(script.get("delay", 0))
+        held_until = time.monotonic() + float(script.get("hold", 0))
+        while time.monotonic() < held_until and not turn.should_stop():
+            time.sleep(0.01)
         for part in range(parts):
             time.sleep(delay)
             yield TtsAudio(index=request.index, part=part, text="", sample_rate=24000, compute_s=delay), (
