@@ -9,6 +9,7 @@ heartbeats; the gateway connects to it, so it knows which worker holds each requ
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import os
@@ -444,7 +445,11 @@ def apply_cpu_settings(settings: StageSettings) -> None:
 
 def main(stage_factory) -> None:
     """Entry point shared by s2s-asr, s2s-llm and s2s-tts."""
-    configure_logging(stage_factory.name)
+    name = stage_factory.name
+    argparse.ArgumentParser(prog=f"s2s-{name}", description=f"Run one {name} stage worker. Settings come from "
+                            f"S2S_{name.upper()}_* environment variables over config/{name}.env "
+                            f"(README, Settings).").parse_args()
+    configure_logging(name)
     try:
         settings = StageSettings.load(stage_factory.name)
         curve.worker_keys(settings)  # tcp endpoints without CURVE keys: refused
