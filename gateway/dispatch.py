@@ -81,9 +81,11 @@ class Dispatch:
     def finished(self, stage: str, message: Envelope) -> None:
         """A result from a worker: its final one for a request (asr.final, llm.done, tts.done)
         means that worker holds it no more. A late one from a worker that lost it changes nothing."""
+        if not isinstance(message, FINAL_RESULTS):  # a stage.error names no sentence: the turn ends anyway
+            return
         held = self._holders.get((message.session, message.turn))
         key = request_key(stage, message)
-        if isinstance(message, FINAL_RESULTS) and held and held.get(key) == message.producer:
+        if held and held.get(key) == message.producer:
             del held[key]
 
     def holders(self, session: str, turn: int) -> set[str]:

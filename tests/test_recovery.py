@@ -5,7 +5,7 @@ away, when a turn gives up, and why."""
 import asyncio
 import time
 
-from gateway.app import Gateway
+from gateway.app import Gateway, LiveTurn
 from gateway.bus import WorkerUnavailable
 from gateway.dispatch import Dispatch, NoWorker
 from gateway.recovery import Recovery
@@ -345,6 +345,24 @@ def test_the_board_shows_each_worker():
     board.connection("tts-b", False)
     assert [w["instance"] for w in board.snapshot()["tts"]["workers"]] == ["tts-a"]
     assert board.snapshot()["tts"]["peers"] == 1
+
+
+def test_every_result_and_error_of_a_turn_reaches_it():
+    """Each message about a request passes dispatch's bookkeeping on its way to the turn: a TTS
+    error (which names no sentence) too."""
+    gateway = Gateway(GatewaySettings(), Inboxes())
+    ready(gateway.board, "tts", "tts-a")
+    inbox = asyncio.Queue()
+    gateway.live[("conv", 2)] = LiveTurn(None, 2, inbox)
+    request = ids(TtsRequest(index=1, text="x", voice="v"))
+    gateway.dispatch.send("tts", request)
+    messages = [result(ids(m), "tts-a") for m in (
+        StageError(stage="tts", kind="busy", message="tts stage is saturated"),
+        TtsDone(index=1, parts=1, compute_s=0.1, audio_s=0.5))]
+    for message in messages:
+        gateway.on_bus_message(message, [])
+    assert [inbox.get_nowait()[0] for _ in messages] == messages
+    assert gateway.dispatch.holder("tts", request) is None  # its final result came
 
 
 # --- sending to a worker that died a moment ago ------------------------------------------------
