@@ -10,6 +10,7 @@ import pytest
 from aiohttp import FormData
 
 from gateway.settings import GatewaySettings
+from proto import TurnCancel
 from tests.audio import tone_wav
 from tests.fakes.fake_stages import FakeStages
 from tests.gateway_harness import SETTINGS, eventually, turn, wait_ready, wait_stages_ready
@@ -171,8 +172,8 @@ async def test_unknown_persona_is_400(make_client):
     assert resp.status == 400 and "pirate" in (await resp.json())["error"]
 
 
-async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stages):
-    stages.tts_delay = 0.5
+async def test_cancel_ends_the_stream_and_reaches_the_worker_holding_the_turn(make_client, stages):
+    stages.silent.add("llm")  # it holds the turn's reply until the cancel comes
     client = await make_client()
     await wait_ready(client)
     resp = await client.post("/upload", data=tone_wav(1.0))
@@ -183,38 +184,45 @@ async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stage
     assert (await client.post(f"/api/cancel/{session_id}")).status == 200
     events = parse_sse(first.decode() + (await stream.text()))
     assert events[-1][0] == "error" and "cancelled" in events[-1][1]["message"]
-    # each stage hears it on its own control socket, as each worker does
-    assert await eventually(lambda: all(any(c.turn == 1 for c in stages.cancels[s]) for s in ("asr", "llm", "tts")))
+    assert await eventually(lambda: any(c.turn == 1 for c in stages.cancels["llm"]))
+    # to the LLM worker that holds the unfinished reply, on its own inbox; the ASR worker
+    # finished its part and TTS never got one
+    assert {stage for stage, m in stages.received if isinstance(m, TurnCancel)} == {"llm"}
 
 
 async def test_cancel_reaches_the_tts_worker_holding_the_turn(make_client, bus_env):
-    # two TTS workers behind one gateway, each with its own name and control socket
+    # two TTS workers behind one gateway, each with its own name and inbox; both take sentences
+    # and hold them, so the turn is held by whichever got one
     with FakeStages(bus_env, stages=("asr", "llm")), \
             FakeStages(bus_env, stages=("tts",), name="tts-a") as a, \
             FakeStages(bus_env, stages=("tts",), name="tts-b") as b:
-        a.tts_delay = b.tts_delay = 0.5  # still speaking when Stop comes
+        a.silent.add("tts")
+        b.silent.add("tts")
         client = await make_client()
         await wait_ready(client)
         session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
         stream = await client.get(f"/stream/{session_id}")
-        assert await eventually(lambda: bool(a.tts_requests or b.tts_requests))
+        assert await eventually(lambda: bool(a.held or b.held))
         assert (await client.post(f"/api/cancel/{session_id}")).status == 200
         await stream.text()
-        holders = [w for w in (a, b) if any(r.turn == 1 for r in w.tts_requests)]
+        holders = [w for w in (a, b) if any(m.turn == 1 for m, _ in w.held)]
         assert holders
         assert await eventually(lambda: all(any(c.turn == 1 for c in w.cancels["tts"]) for w in holders))
+        for idle in (w for w in (a, b) if w not in holders):
+            assert not idle.cancels["tts"]  # a worker that holds nothing of the turn is not told
 
 
 async def test_client_disconnect_cancels_the_turn(make_client, stages):
-    stages.tts_delay = 0.5
+    stages.silent.add("llm")  # it holds the turn's reply until the cancel comes
     client = await make_client()
     await wait_ready(client)
     session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
     stream = await client.get(f"/stream/{session_id}")
     await stream.content.readuntil(b"\n\n")
     stream.close()
-    assert await eventually(lambda: bool(stages.cancels["tts"]))
-    assert stages.cancels["tts"][0].turn == 1
+    assert await eventually(lambda: bool(stages.cancels["llm"]))
+    assert stages.cancels["llm"][0].turn == 1
+    assert {stage for stage, m in stages.received if isinstance(m, TurnCancel)} == {"llm"}
 
 
 async def test_a_missing_stage_is_an_error_event_naming_it(make_client, bus_env):

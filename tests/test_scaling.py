@@ -74,23 +74,28 @@ def test_requests_spread_over_the_workers_of_a_stage(product, question):
 
 
 def test_a_dead_workers_requests_go_to_another_worker(product, question):
-    """One TTS worker is held still with its share of the sentences, then killed: the gateway
-    sends what it held to the stage again, the other worker speaks it, and every turn completes."""
+    """One TTS worker is held still (SIGSTOP) while the gateway says it holds sentences, then
+    killed: exactly what it held is sent to the other worker, which speaks it, and every turn
+    completes."""
     wav = question.read_bytes()
-    log_from = product.log_size("gateway")
-
-    def tts_sent() -> int:
-        return len(product.log_records("gateway", log_from, "sending tts.request to tts"))
+    def holding(pid: int) -> int:  # unfinished requests the gateway sent that worker
+        return next((w["holding"] for w in workers(product, "tts").values() if w["pid"] == pid), 0)
 
     async def scenario():
         _, before = product.get_json("/api/stages")
         pids = product.pids()
         victim, survivor = pids["tts:tts_0"], pids["tts:tts_1"]
-        os.kill(victim, signal.SIGSTOP)  # it takes its share and holds it
+        streams = [await Stream(product.url).start(wav) for _ in range(3)]
+        held, deadline = 0, time.monotonic() + 120
         try:
-            streams = [await Stream(product.url).start(wav) for _ in range(3)]
-            # sentences go to the stage's workers in turn: of the first two, one is the victim's
-            await wait_for(lambda: tts_sent() >= 2, 120, "sentences sent to TTS")
+            while not held:  # catch it with sentences in hand, and freeze it there
+                assert time.monotonic() < deadline, "the gateway never gave the victim a sentence"
+                if holding(victim):
+                    os.kill(victim, signal.SIGSTOP)
+                    await asyncio.sleep(0.3)  # results it sent before it stopped are still read
+                    if not (held := holding(victim)):
+                        os.kill(victim, signal.SIGCONT)
+                await asyncio.sleep(0.05)
             victim_state = next(w["state"] for w in workers(product, "tts").values() if w["pid"] == victim)
         finally:
             os.kill(victim, signal.SIGKILL)
@@ -98,14 +103,14 @@ def test_a_dead_workers_requests_go_to_another_worker(product, question):
         await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 120)
         _, after = product.get_json("/api/stages")
         served_after = {w["pid"]: w["results"] for w in workers(product, "tts").values()}
-        return streams, before, after, survivor, served_before, served_after, victim_state
+        return streams, before, after, survivor, held, served_before, served_after, victim_state
 
-    streams, before, after, survivor, served_before, served_after, victim_state = asyncio.run(scenario())
+    streams, before, after, survivor, held, served_before, served_after, victim_state = asyncio.run(scenario())
     assert victim_state in ("ready", "busy")  # killed while it looked alive: the dead-worker path
     for stream in streams:
         assert_ends_once(stream, "tts")
         assert stream.ending[0] == "done", stream.ending
-    assert after["resent_requests"] > before["resent_requests"]  # what the dead worker held went again
+    assert after["resent_requests"] - before["resent_requests"] == held >= 1  # exactly what it held, once
     assert served_after[survivor] > served_before.get(survivor, 0)
 
 

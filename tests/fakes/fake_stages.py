@@ -10,22 +10,26 @@ import zmq
 import proto
 from proto import (AsrFinal, AsrRequest, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
                    TtsAudio, TtsDone, TtsRequest, TurnCancel)
-from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint, stage_endpoint
+from services.runtime.endpoints import STAGES, events_endpoint, inbox_endpoint
 
 
 class FakeStages:
+    """One fake worker per stage named, each with its own inbox (instance `<name>-<stage>`), as
+    the real workers have; several FakeStages of different names make several workers per stage."""
+
     def __init__(self, environ: dict[str, str], transcript: str = "What is the capital of France?",
                  sentences: tuple[str, ...] = ("Paris is the capital of France.", "It is lovely."),
                  stages: tuple[str, ...] = STAGES, name: str = "fake"):
-        """name: the producer its messages carry, so that two of them are two workers of a stage."""
+        """name: names its workers (name-asr, ...), so that two of them are two workers of a stage."""
         self.environ = environ
-        self.name = name
+        self.instances = {stage: f"{name}-{stage}" for stage in stages}
         self.transcript = transcript
         self.sentences = sentences
         self.stages = stages
         self.llm_requests: list[LlmRequest] = []
         self.tts_requests: list[TtsRequest] = []
         self.cancels: dict[str, list[TurnCancel]] = {stage: [] for stage in stages}  # as each stage heard them
+        self.received: list[tuple[str, object]] = []  # (stage, message): everything its inboxes took
         self.tts_delay = 0.0
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
         self.held: list = []  # the requests a silent stage took: (message, payload)
@@ -41,6 +45,10 @@ class FakeStages:
         self.stop.set()
         self.thread.join(5)
 
+    def kill(self) -> None:
+        """Gone at once, as after kill -9: no bye, its inboxes closed."""
+        self.__exit__()
+
     def _run(self) -> None:
         ctx = zmq.Context()
         push = ctx.socket(zmq.PUSH)
@@ -48,35 +56,30 @@ class FakeStages:
         push.connect(events_endpoint(self.environ))
         pulls = {}
         poller = zmq.Poller()
+        inboxes = {}
         for stage in self.stages:
             sock = ctx.socket(zmq.PULL)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(stage_endpoint(stage, self.environ))
+            sock.bind(inbox_endpoint(self.instances[stage], self.environ))
+            inboxes[stage] = sock.last_endpoint.decode()
             pulls[sock] = stage
             poller.register(sock, zmq.POLLIN)
-        controls = {}
-        for stage in self.stages:  # the gateway's cancels, on a socket of each stage's own, as workers hear them
-            control = ctx.socket(zmq.SUB)
-            control.setsockopt(zmq.LINGER, 0)
-            control.setsockopt(zmq.SUBSCRIBE, b"")
-            control.connect(control_endpoint(self.environ))
-            controls[control] = stage
-            poller.register(control, zmq.POLLIN)
-
         def send(message, *payload, reply_to=None):
+            kind, _, _ = proto.tag_of(message).partition(".")  # tts.done -> tts; stage.hello names it
+            stage = message.stage if kind == "stage" else kind
             if reply_to is not None:
                 message.session, message.turn = reply_to.session, reply_to.turn
-            message.producer = self.name
+            message.producer = self.instances[stage]
             push.send_multipart(proto.encode(message, *payload))
 
         for stage in self.stages:
-            send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0))
+            send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0, inbox=inboxes[stage]))
             send(StageReady(stage=stage, backend="fake", model="fake", device="cpu", load_s=0.0))
         next_beat = 0.0
         while not self.stop.is_set():
             if time.monotonic() > next_beat:
                 for stage in self.stages:
-                    send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0))
+                    send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0, inbox=inboxes[stage]))
                 next_beat = time.monotonic() + 0.5
             if self.answer_held.is_set():
                 self.answer_held.clear()
@@ -85,16 +88,17 @@ class FakeStages:
                     self._answer(message, payload, send)
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
-                if sock in controls:
-                    if isinstance(message, TurnCancel):
-                        self.cancels[controls[sock]].append(message)
+                stage = pulls[sock]
+                self.received.append((stage, message))
+                if isinstance(message, TurnCancel):
+                    self.cancels[stage].append(message)
                     continue
-                if pulls[sock] in self.silent:
+                if stage in self.silent:
                     self.held.append((message, payload))
                     continue
                 self._answer(message, payload, send)
         push.close(0)
-        for sock in [*pulls, *controls]:
+        for sock in pulls:  # the stages' inboxes
             sock.close(0)
         ctx.term()
 
