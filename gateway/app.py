@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import realtime
 from gateway.bus import Bus, StageUnavailable
 from gateway.conversations import Conversation, ConversationStore
 from gateway.media import MediaError, decode_to_pcm
@@ -298,12 +299,18 @@ class Gateway:
         persona = PERSONAS[upload.persona]
         state = TurnState(turn.conversation.id, turn.number, persona.key, persona.voice,
                           list(turn.conversation.history), time.monotonic)
+        return await self.run_turn(turn, state, state.start(upload.pcm), sse, lambda: self._disconnected(request))
+
+    async def run_turn(self, turn: LiveTurn, state: TurnState, first: list, sse, gone) -> bool:
+        """Drive a turn from its first actions to its end, its events to `sse` (anything with the
+        SseWriter's send and keepalive: the realtime socket has its own); gone() says the client
+        left. True only when the answer completed."""
         recovery = Recovery(self.board, self.settings.stage_wait_s, time.monotonic)
-        pending = deque(state.start(upload.pcm))
+        pending = deque(first)
         last_progress = time.monotonic()
 
         def abandoned() -> bool:  # no use waiting for a stage on behalf of this turn any more
-            return turn.cancelled.is_set() or self._disconnected(request)
+            return turn.cancelled.is_set() or gone()
 
         while True:
             while pending:
@@ -323,7 +330,7 @@ class Gateway:
                 kind = "shutdown" if turn.cancel_reason == SHUTTING_DOWN else "cancelled"
                 await sse.send("error", {"message": turn.cancel_reason, "kind": kind})
                 return False
-            if self._disconnected(request):
+            if gone():
                 return False
             if item is not None and not recovery.on_message(item[0]):
                 last_progress = time.monotonic()
@@ -453,6 +460,7 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     app.router.add_get("/metrics", gateway.observe.metrics)
     app.router.add_post("/upload", gateway.upload)
     app.router.add_get("/stream/{session_id}", gateway.stream)
+    realtime.setup(app, gateway, settings.realtime)  # GET /v1/realtime (gateway/realtime/)
 
     async def bus_lifecycle(app: web.Application):
         bus.start(gateway.on_bus_message, gateway.on_bus_peer)

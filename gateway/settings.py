@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway.realtime.limits import RealtimeSettings
 from gateway.stages import STUCK_AFTER_S
 from services.runtime.settings import StageSettings
 
@@ -21,6 +22,7 @@ class GatewaySettings:
     queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
     stuck_after_s: float = STUCK_AFTER_S  # a stage busy this long without any result is stuck
     max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)  # /v1/realtime's limits
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -37,4 +39,5 @@ class GatewaySettings:
             queue_timeout_s=s.get_float("QUEUE_TIMEOUT_S", d.queue_timeout_s),
             stuck_after_s=s.get_float("STUCK_AFTER_S", d.stuck_after_s),
             max_turns_per_client=s.get_int("MAX_TURNS_PER_CLIENT", d.max_turns_per_client),
+            realtime=RealtimeSettings.from_env(s),
         )

@@ -8,7 +8,7 @@ import time
 import zmq
 
 import proto
-from proto import (AsrFinal, AsrRequest, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
+from proto import (AsrFinal, AsrPartial, AsrRequest, AsrStreamAudio, AsrStreamEnd, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
                    TtsAudio, TtsDone, TtsRequest, TurnCancel)
 from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint, stage_endpoint
 
@@ -23,6 +23,7 @@ class FakeStages:
         self.stages = stages
         self.llm_requests: list[LlmRequest] = []
         self.tts_requests: list[TtsRequest] = []
+        self.asr_streams: list[AsrStreamEnd] = []  # streamed utterances, by their end
         self.cancels: list[TurnCancel] = []
         self.tts_delay = 0.0
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
@@ -80,6 +81,12 @@ class FakeStages:
                     self.cancels.append(message)
                 elif isinstance(message, AsrRequest):
                     send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
+                         reply_to=message)
+                elif isinstance(message, AsrStreamAudio) and message.index == 0:  # one partial per utterance
+                    send(AsrPartial(text=self.transcript.split()[0], audio_s=0.2, compute_s=0.01), reply_to=message)
+                elif isinstance(message, AsrStreamEnd):
+                    self.asr_streams.append(message)
+                    send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=message.frames * 0.2),
                          reply_to=message)
                 elif isinstance(message, LlmRequest):
                     self.llm_requests.append(message)

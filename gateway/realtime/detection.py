@@ -1,0 +1,39 @@
+"""Turn detection for realtime sessions: server_vad (Silero VAD) and semantic_vad (Smart Turn),
+from gateway/listening. Their models are loaded once per gateway and run on the realtime hub's
+threads, never on the event loop."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("s2s.gateway.realtime")
+
+# A new session listens hands-free, as the protocol's default session does.
+DEFAULT_TURN_DETECTION = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                          "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
+
+
+def load_listening():
+    """The VAD and turn models, or None (then sessions are push-to-talk, and say so)."""
+    try:
+        from gateway.listening import ListeningModels
+    except ImportError as exc:
+        log.warning("turn detection is not available (%s): realtime sessions are push-to-talk", exc)
+        return None
+    try:
+        return ListeningModels.load(semantic=True)
+    except Exception as exc:  # a missing model file: the socket still works, push-to-talk
+        log.warning("turn detection models could not be loaded (%s): realtime sessions are push-to-talk", exc)
+        return None
+
+
+def make_detector(models, requested):
+    """(detector, what took effect) for a session's turn_detection ("default": a new session's)."""
+    if requested == "default":
+        requested = DEFAULT_TURN_DETECTION if models is not None else None
+    if requested is None or models is None:
+        return None, None
+    from gateway.listening import TurnDetector
+
+    detector = TurnDetector(models, requested)
+    return detector, detector.effective

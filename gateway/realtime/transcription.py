@@ -1,0 +1,122 @@
+"""One user utterance streamed to the ASR stage while it is spoken (asr.stream.* in proto/README.md),
+and its transcript back: partial ones as they come, then the final one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from gateway.bus import StageUnavailable
+from proto import AsrFinal, AsrPartial, AsrStreamAudio, AsrStreamEnd, AsrStreamStart, StageError
+
+FRAME_BYTES = 6400  # 0.2 s of 16 kHz PCM16 per asr.stream.audio: few messages, little delay
+RATE_IN, RATE_ASR = 24000, 16000
+
+
+class Resampler:
+    """24 kHz PCM16 to 16 kHz, chunk by chunk, continuous across chunks (linear interpolation:
+    enough for speech recognition and turn detection, which look below 8 kHz)."""
+
+    def __init__(self):
+        self.position = 0.0  # of the next output sample, in input samples from `last`
+        self.last = np.zeros(0, np.float32)
+
+    def __call__(self, pcm24: bytes) -> bytes:
+        audio = np.concatenate([self.last, np.frombuffer(pcm24, "<i2").astype(np.float32)])
+        step = RATE_IN / RATE_ASR
+        count = int(np.floor((len(audio) - 1 - self.position) / step)) + 1 if len(audio) > self.position + 1 else 0
+        points = self.position + step * np.arange(count)
+        out = np.interp(points, np.arange(len(audio)), audio) if count else np.zeros(0)
+        next_position = self.position + step * count
+        keep = int(np.floor(next_position))
+        self.last, self.position = audio[keep:], next_position - keep
+        return np.round(out).astype("<i2").tobytes()
+
+
+class Utterance:
+    """Frames go out as they fill; `finish()` waits for the final transcript.
+
+    The ASR work is a turn of its own on the bus (the socket's session, a fresh turn number),
+    registered with the gateway so that results and cancels find it."""
+
+    def __init__(self, gateway, turn, on_partial):
+        self.gateway, self.turn = gateway, turn  # turn: a LiveTurn registered in gateway.live
+        self.on_partial = on_partial  # called with each partial transcript's text
+        self.pending = bytearray()
+        self.frames = 0
+        self.failed: tuple[str, str] | None = None  # (kind, message) once a send failed
+        self.started = False
+
+    def _envelope(self, message):
+        message.session, message.turn, message.sent = self.turn.conversation.id, self.turn.number, time.monotonic()
+        return message
+
+    def _send(self, message, *payload: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self.gateway.bus.send("asr", self._envelope(message), *payload)
+        except StageUnavailable as exc:
+            self.failed = ("unavailable", f"The ASR stage is not available: {exc}")
+
+    async def begin(self) -> None:
+        """Waits, like a turn's first request, for an ASR stage that is loading or restarting."""
+        deadline = time.monotonic() + self.gateway.settings.stage_wait_s
+        while (not self.gateway.board.is_ready("asr") and time.monotonic() < deadline
+               and self.gateway._will_be_ready("asr") and not self.turn.cancelled.is_set()):
+            await asyncio.sleep(0.1)
+        if not self.gateway.board.is_ready("asr"):
+            self.failed = ("unavailable", f"The ASR stage is not available: {self.gateway.board.state('asr')}")
+        self.started = True
+        self._send(AsrStreamStart(sample_rate=RATE_ASR))
+
+    @property
+    def audio_s(self) -> float:
+        return (self.frames * FRAME_BYTES + len(self.pending)) / (2 * RATE_ASR)
+
+    def feed(self, pcm16k: bytes, flush: bool = False) -> None:
+        self.pending += pcm16k
+        while len(self.pending) >= FRAME_BYTES or (flush and self.pending):
+            frame = bytes(self.pending[:FRAME_BYTES])
+            del self.pending[:FRAME_BYTES]
+            self._send(AsrStreamAudio(index=self.frames), frame)
+            self.frames += 1
+
+    async def finish(self, speech_end_s: float = -1.0) -> tuple[str, tuple[str, str, str] | None]:
+        """(transcript, None), or ("", (kind, stage, message)) when it could not be had."""
+        self.feed(b"", flush=True)
+        self._send(AsrStreamEnd(frames=self.frames, speech_end_s=speech_end_s))
+        if self.failed:
+            return "", (*self.failed[:1], "asr", self.failed[1])
+        deadline = time.monotonic() + self.gateway.settings.stage_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                item = await asyncio.wait_for(self.turn.inbox.get(), max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            if self.turn.cancelled.is_set():
+                return "", ("cancelled", "asr", self.turn.cancel_reason)
+            if item is None:
+                continue  # a worker left: its loss shows as a timeout or an error below
+            message, _payload = item
+            if isinstance(message, AsrPartial):
+                self.on_partial(message.text)
+            elif isinstance(message, AsrFinal):
+                return message.text.strip(), None
+            elif isinstance(message, StageError):
+                return "", ("stage_error", message.stage, f"The {message.stage.upper()} stage failed: {message.message}")
+        return "", ("timeout", "asr", "The ASR stage did not answer in time.")
+
+    def drain_partials(self) -> None:
+        """Partial transcripts that arrived while the person still speaks, passed on now."""
+        while not self.turn.inbox.empty():
+            item = self.turn.inbox.get_nowait()
+            if item is None:
+                continue
+            if isinstance(item[0], AsrPartial):
+                self.on_partial(item[0].text)
+            else:  # the final or an error: keep it for finish()
+                self.turn.inbox.put_nowait(item)
+                return

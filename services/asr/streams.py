@@ -1,0 +1,113 @@
+"""Utterances streamed to the ASR stage while they are spoken, transcribed as they grow.
+
+The worker's compute thread takes a stream's messages in order (one inbox, one thread for a
+Whisper backend). Each audio frame may trigger a decode of the utterance so far, which goes out
+as asr.partial; decodes are spaced so that they take at most about two thirds of real time
+(`PACE`), so the stage stays ahead of the speaker instead of queueing behind them. At the end,
+the last decode stands when it already covered all the speech (the turn detector waits out a
+pause, typically 0.5 s, before it ends an utterance, and the ASR has had that speech meanwhile);
+only a tail it has not seen is decoded then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from proto import AsrFinal, AsrPartial, AsrStreamAudio, AsrStreamEnd, AsrStreamStart
+from services.runtime.audio import pcm16_to_float
+from services.runtime.errors import BadRequest
+
+SAMPLE_RATE = 16000
+MIN_STEP_S = 0.5  # never decode again for less new audio than this
+FIRST_DECODE_S = 0.8  # nor before the utterance is this long (too little for a useful partial)
+PACE = 1.5  # the next decode waits for 1.5x the last decode's time of new audio
+MAX_STREAMS = 32  # open utterances kept (the least recently fed goes first)
+MAX_UTTERANCE_S = 120.0
+
+
+@dataclass
+class _Stream:
+    chunks: list = field(default_factory=list)
+    samples: int = 0
+    frames: int = 0
+    decoded: int = 0  # samples the last decode covered
+    text: str = ""
+    last_decode_s: float = 0.0
+    compute_s: float = 0.0
+
+    def audio(self) -> np.ndarray:
+        if len(self.chunks) > 1:
+            self.chunks = [np.concatenate(self.chunks)]
+        return self.chunks[0] if self.chunks else np.zeros(0, np.float32)
+
+
+class Streams:
+    def __init__(self, transcribe: Callable[[np.ndarray], str]):
+        self.transcribe = transcribe
+        self.open: OrderedDict[tuple[str, int], _Stream] = OrderedDict()
+
+    def handle(self, request, payload: list[bytes], turn) -> Iterator:
+        key = (request.session, request.turn)
+        if isinstance(request, AsrStreamStart):
+            if request.sample_rate != SAMPLE_RATE:
+                raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")
+            self.open[key] = _Stream()
+            while len(self.open) > MAX_STREAMS:
+                self.open.popitem(last=False)
+            return
+        stream = self.open.get(key)
+        if stream is None:
+            raise BadRequest("no open utterance for this turn (asr.stream.start missing, or it was evicted)")
+        if turn.should_stop():  # cancelled: forget it; nothing more will come for it
+            self.open.pop(key, None)
+            return
+        self.open.move_to_end(key)
+        if isinstance(request, AsrStreamAudio):
+            yield from self._audio(key, stream, request, payload[0])
+        elif isinstance(request, AsrStreamEnd):
+            del self.open[key]
+            yield from self._end(stream, request)
+
+    def _audio(self, key, stream: _Stream, request: AsrStreamAudio, pcm: bytes) -> Iterator:
+        if request.index != stream.frames:
+            del self.open[key]
+            raise BadRequest(f"audio frame {request.index} of the utterance, expected {stream.frames}")
+        try:
+            audio = pcm16_to_float(pcm)
+        except ValueError as exc:
+            del self.open[key]
+            raise BadRequest(str(exc)) from None
+        stream.frames += 1
+        stream.chunks.append(audio)
+        stream.samples += len(audio)
+        if stream.samples > MAX_UTTERANCE_S * SAMPLE_RATE:
+            del self.open[key]
+            raise BadRequest(f"an utterance is at most {MAX_UTTERANCE_S:.0f} s")
+        new_s = (stream.samples - stream.decoded) / SAMPLE_RATE
+        if stream.samples >= FIRST_DECODE_S * SAMPLE_RATE and new_s >= max(MIN_STEP_S, PACE * stream.last_decode_s):
+            self._decode(stream)
+            yield AsrPartial(text=stream.text, audio_s=round(stream.decoded / SAMPLE_RATE, 3),
+                             compute_s=round(stream.last_decode_s, 4)), ()
+
+    def _end(self, stream: _Stream, request: AsrStreamEnd) -> Iterator:
+        if request.frames != stream.frames:
+            raise BadRequest(f"the utterance ended after {request.frames} frames, {stream.frames} arrived")
+        speech_end = request.speech_end_s * SAMPLE_RATE if request.speech_end_s >= 0 else stream.samples
+        started = time.monotonic()
+        if stream.decoded < min(speech_end, stream.samples) or (stream.samples and not stream.decoded):
+            self._decode(stream)
+        yield AsrFinal(text=stream.text, compute_s=round(time.monotonic() - started, 4),
+                       audio_s=round(stream.samples / SAMPLE_RATE, 3)), ()
+
+    def _decode(self, stream: _Stream) -> None:
+        started = time.monotonic()
+        audio = stream.audio()
+        stream.text = self.transcribe(audio).strip()
+        stream.decoded = len(audio)
+        stream.last_decode_s = time.monotonic() - started
+        stream.compute_s += stream.last_decode_s

@@ -1,0 +1,279 @@
+"""/v1/realtime against the real gateway and bus, scripted stages behind it (tests/fakes):
+the openai SDK's own client for conversations, a raw WebSocket for each bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.app import GATEWAY
+from gateway.realtime import REALTIME
+from gateway.realtime.limits import RealtimeSettings
+from tests.gateway_harness import SETTINGS, eventually, wait_ready
+
+pytestmark = pytest.mark.timeout(60)
+
+TONE = (np.sin(np.arange(24000) * 2 * np.pi * 220 / 24000) * 8000).astype("<i2").tobytes()  # 1 s, 24 kHz
+FIRST_SENTENCE = "Paris is the capital of France."
+
+
+def settings(**realtime):
+    from dataclasses import replace
+
+    return replace(SETTINGS, realtime=RealtimeSettings(**realtime))
+
+
+async def sdk(client):
+    return AsyncOpenAI(api_key="x", websocket_base_url=f"ws://127.0.0.1:{client.server.port}/v1")
+
+
+async def until(connection, event_type: str, seen: list | None = None):
+    """Events up to and including the first of `event_type` (all kept in `seen`)."""
+    async with asyncio.timeout(20):
+        while True:
+            event = await connection.recv()
+            if seen is not None:
+                seen.append(event)
+            if event.type == event_type:
+                return event
+
+
+async def push_to_talk(connection):
+    await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+    updated = await until(connection, "session.updated")
+    assert updated.session.audio.input.turn_detection is None
+
+
+async def say(connection, pcm: bytes = TONE) -> str:
+    """Append audio, commit it, and return the user item's transcript."""
+    for start in range(0, len(pcm), 9600):
+        await connection.input_audio_buffer.append(audio=base64.b64encode(pcm[start:start + 9600]).decode())
+    await connection.input_audio_buffer.commit()
+    committed = await until(connection, "input_audio_buffer.committed")
+    seen: list = []
+    completed = await until(connection, "conversation.item.input_audio_transcription.completed", seen)
+    assert completed.item_id == committed.item_id
+    deltas = [e.delta for e in seen if e.type == "conversation.item.input_audio_transcription.delta"]
+    assert deltas and completed.transcript.startswith("".join(deltas))  # the fake ASR's partial: "What"
+    done = await until(connection, "conversation.item.done")
+    assert done.item.id == committed.item_id and done.item.content[0].transcript == completed.transcript
+    return completed.transcript
+
+
+async def type_and_ask(connection, text: str, until_event: str = "response.done"):
+    """A typed user message and a response to it; the events up to `until_event`'s first."""
+    await connection.conversation.item.create(item={"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": text}]})
+    await connection.response.create()
+    return await until(connection, until_event)
+
+
+async def test_a_spoken_turn_push_to_talk_with_the_sdk(make_client, stages):
+    client = await make_client(settings())
+    await wait_ready(client)
+    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
+        created = await until(connection, "session.created")
+        assert created.session.audio.output.format.rate == 24000
+        await push_to_talk(connection)
+        assert await say(connection) == "What is the capital of France?"
+        await connection.response.create()
+        seen: list = []
+        done = await until(connection, "response.done", seen)
+    kinds = [e.type for e in seen]
+    assert kinds[:4] == ["response.created", "response.output_item.added", "conversation.item.added",
+                         "response.content_part.added"]
+    assert done.response.status == "completed"
+    audio = b"".join(base64.b64decode(e.delta) for e in seen if e.type == "response.output_audio.delta")
+    assert len(audio) == 2 * 4800  # the fake TTS: 0.1 s at 24 kHz per sentence, two sentences
+    transcript = "".join(e.delta for e in seen if e.type == "response.output_audio_transcript.delta")
+    assert transcript == " ".join(stages.sentences)
+    assert done.response.output[0].content[0].transcript == transcript
+    # the whole utterance went to one ASR stream, and the LLM got the transcript
+    assert stages.asr_streams and stages.asr_streams[0].frames == 5  # 1 s at 16 kHz in 0.2 s frames
+    assert stages.llm_requests[-1].history[-1].content == "What is the capital of France?"
+
+
+async def test_a_two_turn_conversation_remembers_and_instructions_apply(make_client, stages):
+    client = await make_client(settings())
+    await wait_ready(client)
+    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
+        await until(connection, "session.created")
+        await connection.session.update(session={"type": "realtime", "instructions": "Answer like a pirate.",
+                                                 "audio": {"output": {"voice": "bm_george"}}})
+        updated = await until(connection, "session.updated")
+        assert updated.session.instructions == "Answer like a pirate."
+        assert updated.session.audio.output.voice == "bm_george"
+        assert (await type_and_ask(connection, "Hello there.")).response.status == "completed"
+        assert (await type_and_ask(connection, "And again?")).response.status == "completed"
+    first, second = stages.llm_requests[-2:]
+    assert [(m.role, m.content) for m in second.history] == [
+        ("user", "Hello there."), ("assistant", " ".join(stages.sentences)), ("user", "And again?")]
+    assert second.instructions == "Answer like a pirate."
+    assert {r.voice for r in stages.tts_requests[-4:]} == {"bm_george"}
+
+
+async def test_response_cancel_keeps_only_what_was_delivered(make_client, stages):
+    stages.tts_delay = 0.5  # the second sentence comes late: the cancel lands between them
+    client = await make_client(settings())
+    await wait_ready(client)
+    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
+        await until(connection, "session.created")
+        await type_and_ask(connection, "Tell me about Paris.", "response.output_audio.delta")
+        await connection.response.cancel()
+        done = await until(connection, "response.done")
+        assert done.response.status == "cancelled"
+        assert done.response.status_details.reason == "client_cancelled"
+        assert done.response.output[0].status == "incomplete"
+        assert done.response.output[0].content[0].transcript == FIRST_SENTENCE
+        turn = stages.llm_requests[-1].turn
+        assert await eventually(lambda: any(c.turn == turn for c in stages.cancels))
+        stages.tts_delay = 0.0
+        assert (await type_and_ask(connection, "Go on.")).response.status == "completed"
+    assert [m.content for m in stages.llm_requests[-1].history] == ["Tell me about Paris.", FIRST_SENTENCE, "Go on."]
+
+
+async def test_truncate_changes_what_the_next_answer_knows(make_client, stages):
+    client = await make_client(settings())
+    await wait_ready(client)
+    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
+        await until(connection, "session.created")
+        done = await type_and_ask(connection, "Tell me about Paris.")
+        item_id = done.response.output[0].id
+        # each fake sentence is 100 ms of audio: the listener heard the first and half the second
+        await connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=150)
+        truncated = await until(connection, "conversation.item.truncated")
+        assert (truncated.item_id, truncated.audio_end_ms) == (item_id, 150)
+        await type_and_ask(connection, "What did you say?")
+    heard = stages.llm_requests[-1].history[1]
+    assert (heard.role, heard.content) == ("assistant", FIRST_SENTENCE + " It is")
+
+
+# --- raw WebSocket: bad input gets an error event, and the socket stays open --------------------
+
+
+async def open_raw(client, **headers):
+    ws = await client.ws_connect("/v1/realtime", headers=headers)
+    first = await ws.receive_json(timeout=10)
+    assert first["type"] == "session.created"  # the session exists before any event is read
+    return ws
+
+
+async def assert_error(ws, code: str) -> dict:
+    event = await ws.receive_json(timeout=10)
+    assert event["type"] == "error", event
+    assert event["error"]["code"] == code, event
+    await ws.send_json({"type": "session.update", "session": {"type": "realtime"}})  # still listening
+    assert (await ws.receive_json(timeout=10))["type"] == "session.updated"
+    return event
+
+
+def append(pcm: bytes) -> dict:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+
+
+@pytest.mark.parametrize("message, code", [
+    ("{not json", "invalid_json"),
+    ("[1, 2]", "invalid_event"),
+    (json.dumps({"type": "response.explode", "event_id": "e1"}), "unknown_event"),
+    (json.dumps({"type": "conversation.item.delete", "item_id": "x"}), "unsupported_event"),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": "@@not base64@@"}), "invalid_base64"),
+    (json.dumps(append(b"\x00\x01\x02")), "invalid_audio_format"),
+    (json.dumps(append(b"RIFF\x24\x00\x00\x00WAVEfmt ")), "invalid_audio_format"),
+    (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
+    (json.dumps({"type": "response.cancel"}), "response_cancel_not_active"),
+    (json.dumps({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0,
+                 "audio_end_ms": 10}), "item_not_found"),
+    (json.dumps({"type": "session.update", "session": {"audio": {"output": {"voice": "nobody"}}}}),
+     "invalid_request_error"),
+    (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
+     "unsupported_audio_format"),
+    (json.dumps({"type": "response.create"}), None),  # nothing to answer: a failed response, below
+])
+async def test_bad_input_gets_an_error_event_and_the_socket_stays_open(make_client, stages, message, code):
+    client = await make_client(settings())
+    await wait_ready(client)
+    ws = await open_raw(client)
+    await ws.send_str(message)
+    if code is None:
+        events = []
+        while not events or events[-1]["type"] != "response.done":
+            events.append(await ws.receive_json(timeout=10))
+        assert events[-1]["response"]["status"] == "failed"
+        assert "no user message" in events[-1]["response"]["status_details"]["error"]["message"]
+    else:
+        event = await assert_error(ws, code)
+        if "e1" in message:
+            assert event["error"]["event_id"] == "e1"
+    await ws.close()
+
+
+async def test_oversize_messages_and_a_full_buffer(make_client, stages):
+    client = await make_client(settings(max_message_bytes=50_000, max_buffer_s=0.5))
+    await wait_ready(client)
+    ws = await open_raw(client)
+    await ws.send_str(json.dumps(append(b"\x00" * 60_000)))
+    await assert_error(ws, "message_too_large")
+    for _ in range(2):
+        await ws.send_str(json.dumps(append(b"\x00" * 16_000)))  # 1/3 s each: the second overflows 0.5 s
+    await assert_error(ws, "input_audio_buffer_full")
+    await ws.send_bytes(b"\x00\x01")
+    await assert_error(ws, "invalid_event")
+    await ws.close()
+
+
+async def test_too_many_sessions_from_one_client(make_client, stages):
+    client = await make_client(settings(max_sessions_per_client=2))
+    await wait_ready(client)
+    first, second = await open_raw(client), await open_raw(client)
+    third = await client.ws_connect("/v1/realtime")
+    event = await third.receive_json(timeout=10)
+    assert event["type"] == "error" and event["error"]["code"] == "too_many_sessions"
+    assert (await third.receive(timeout=10)).type.name in ("CLOSE", "CLOSED")
+    await first.close()
+    await eventually(lambda: not client.app[REALTIME].sessions.get("127.0.0.1"))
+    fourth = await open_raw(client)  # a closed one makes room
+    for ws in (second, fourth):
+        await ws.close()
+
+
+async def test_idle_timeout(make_client, stages):
+    client = await make_client(settings(idle_timeout_s=0.3))
+    await wait_ready(client)
+    ws = await open_raw(client)
+    event = await ws.receive_json(timeout=10)
+    assert event["type"] == "error" and event["error"]["code"] == "idle_timeout"
+    assert (await ws.receive(timeout=10)).type.name in ("CLOSE", "CLOSED")
+
+
+async def test_origins(make_client, stages):
+    client = await make_client(settings(allowed_origins=("https://app.example",)))
+    await wait_ready(client)
+    host = f"127.0.0.1:{client.server.port}"
+    for origin in (f"http://{host}", "https://app.example"):
+        await (await open_raw(client, Origin=origin)).close()
+    resp = await client.get("/v1/realtime", headers={"Origin": "https://evil.example", "Connection": "Upgrade",
+                                                     "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                                     "Sec-WebSocket-Key": base64.b64encode(b"0" * 16).decode()})
+    assert resp.status == 403
+
+
+async def test_a_closed_socket_cancels_its_response_on_every_stage(make_client, stages):
+    stages.tts_delay = 0.5
+    client = await make_client(settings())
+    await wait_ready(client)
+    gateway = client.app[GATEWAY]
+    ws = await open_raw(client)
+    await ws.send_json({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Talk to me."}]}})
+    await ws.send_json({"type": "response.create"})
+    while (await ws.receive_json(timeout=10))["type"] != "response.output_audio.delta":
+        pass
+    await ws.close()
+    turn = stages.llm_requests[-1].turn
+    assert await eventually(lambda: any(c.turn == turn for c in stages.cancels))
+    assert await eventually(lambda: not gateway.live and not client.app[REALTIME].connections)
