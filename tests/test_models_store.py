@@ -541,7 +541,8 @@ def test_cli_status_json(env, capsys, monkeypatch):
 
 def test_real_artifact_table_is_consistent():
     real = artifacts.ARTIFACTS
-    assert set(real) == {"whisper-base-ct2", "whisper-base-openai", "smollm2-135m-instruct", "kokoro-82m-onnx"}
+    assert set(real) == {"whisper-base-ct2", "whisper-base-openai", "smollm2-135m-instruct", "kokoro-82m-onnx",
+                         "silero-vad", "smart-turn-v3.2"}
     for art in real.values():
         assert art.licence and art.description
         for spec in art.files:
@@ -562,3 +563,13 @@ def test_real_artifact_table_is_consistent():
     voices = [f for (a, p), f in by_file.items() if a == "kokoro-82m-onnx" and p.startswith("voices/")]
     assert len(voices) == 10 and all(f.size == 522_240 for f in voices)
     assert real["whisper-base-openai"].converter == "services.models.whisper_ct2:convert"
+    # turn detection (gateway/listening): one file each, straight out of the wheel
+    silero = by_file["silero-vad", "silero_vad.onnx"]
+    assert silero.size == 2_327_524 and silero.sha256.startswith("1a153a22f4509e29")
+    assert silero.parts[0].package.spec == "silero-vad==6.2.3"
+    assert silero.parts[0].member == "silero_vad/data/silero_vad.onnx"
+    turn = by_file["smart-turn-v3.2", "smart-turn-v3.2-cpu.onnx"]
+    assert turn.size == 8_679_182 and turn.sha256.startswith("2bb026316b14a660")
+    assert turn.parts[0].package.spec == "pipecat-ai==1.14.0"
+    assert turn.parts[0].member == "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+    assert artifacts.GATEWAY_ARTIFACTS == ("silero-vad", "smart-turn-v3.2")
