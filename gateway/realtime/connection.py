@@ -22,7 +22,8 @@ from gateway.realtime.protocol import (SAMPLE_RATE, ClientError, Item, audio_ms,
                                        error_event, failed, new_id, parse_client_event, response_object,
                                        user_text_of)
 from gateway.realtime.session import SessionConfig
-from gateway.realtime.transcription import RATE_ASR, Resampler, Utterance
+from gateway.listening import Resampler24kTo16k, SpeechStarted, SpeechStopped, resample_24k_to_16k
+from gateway.realtime.transcription import Utterance
 from gateway.turn import TurnState
 from proto import ChatMessage
 from services.personas import HISTORY_MESSAGES, PERSONAS
@@ -45,9 +46,9 @@ class Connection:
         # input: appended audio and buffer commands, handled in order by one task
         self.inputs: asyncio.Queue = asyncio.Queue()
         self.buffer = bytearray()  # 24 kHz PCM16 not yet committed
-        self.buffer_start_ms = 0  # where the buffer starts in all the audio appended so far
+        self.consumed = 0  # bytes of the stream before the buffer (committed, cleared or trimmed)
         self.detector = None
-        self.resampler = Resampler()
+        self.resampler = Resampler24kTo16k()
         self.utterance: Utterance | None = None  # streaming to ASR while speech goes on
         self.speech_item: str | None = None
         self.transcribing: asyncio.Task | None = None  # the latest; each waits for the one before
@@ -101,7 +102,7 @@ class Connection:
     # --- the socket's life -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, "default")
+        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, "default", 0)
         self.config.turn_detection = self.config.turn_detection_effective
         await self.send({"type": "session.created", "session": self.config.as_dict()})
         inputs = self.spawn(self._input_loop())
@@ -272,7 +273,9 @@ class Connection:
         """A session.update that sets turn detection: takes effect between appends."""
         if self.speech_item is not None:
             await self._speech_stopped(None)
-        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, requested)
+        self.resampler = Resampler24kTo16k()
+        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, requested,
+                                                                            self.position_ms())
         await self.send({"type": "session.updated", "session": self.config.as_dict()})
 
     async def _input_append(self, pcm: bytes, event_id: str | None) -> None:
@@ -283,7 +286,7 @@ class Connection:
         self.buffer += pcm
         if self.detector is None and self.utterance is None:
             return  # push-to-talk: the buffer goes to ASR when committed
-        pcm16k = self.resampler(pcm)
+        pcm16k = self.resampler.process(pcm)
         if self.utterance is not None:
             self.utterance.feed(pcm16k)
             self.utterance.drain_partials()
@@ -291,10 +294,24 @@ class Connection:
             return
         events = await asyncio.get_running_loop().run_in_executor(self.hub.executor, self.detector.feed, pcm16k)
         for event in events:
-            if type(event).__name__ == "SpeechStarted":
+            if isinstance(event, SpeechStarted):
                 await self._speech_started(event.audio_start_ms)
-            elif type(event).__name__ == "SpeechStopped":
-                await self._speech_stopped(event.audio_end_ms)
+            elif isinstance(event, SpeechStopped) and self.speech_item is not None:
+                await self._speech_stopped(event)
+
+    @property
+    def buffer_start_ms(self) -> int:
+        """Where the buffer starts in all the audio appended so far."""
+        return audio_ms(self.consumed)
+
+    def position_ms(self) -> int:
+        """Where the stream is: all the audio appended so far, in ms (the protocol's timeline)."""
+        return audio_ms(self.consumed + len(self.buffer))
+
+    def _cut(self, at_ms: int) -> int:
+        """Byte offset of a stream position in the buffer (whole samples, within it)."""
+        offset = (at_ms - self.buffer_start_ms) * SAMPLE_RATE * 2 // 1000
+        return min(max(0, offset - offset % 2), len(self.buffer))
 
     async def _speech_started(self, start_ms: int) -> None:
         self.speech_item = new_id("item")
@@ -304,10 +321,9 @@ class Connection:
             self.response.cancel("turn_detected")
         # the utterance starts at the detector's start (its prefix padding included): the buffer
         # is trimmed to there and streamed to ASR from it
-        keep_from = max(0, (start_ms - self.buffer_start_ms) * SAMPLE_RATE * 2 // 1000)
-        keep_from -= keep_from % 2
+        keep_from = self._cut(start_ms)
         del self.buffer[:keep_from]
-        self.buffer_start_ms += audio_ms(keep_from)
+        self.consumed += keep_from
         await self._open_utterance(bytes(self.buffer))
 
     async def _open_utterance(self, pcm24: bytes) -> None:
@@ -315,16 +331,19 @@ class Connection:
         item_id = self.speech_item
         self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text))
         await self.utterance.begin()
-        self.utterance.feed(Resampler()(pcm24))
+        self.utterance.feed(resample_24k_to_16k(pcm24))
 
-    async def _speech_stopped(self, end_ms: int | None) -> None:
-        """The detector says the turn ended (or turn detection was switched off mid-speech)."""
-        if end_ms is not None:
-            await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms,
-                             "item_id": self.speech_item})
-        speech_end_s = (end_ms - self.buffer_start_ms) / 1000 if end_ms is not None else -1.0
+    async def _speech_stopped(self, event: SpeechStopped | None) -> None:
+        """The detector says the turn ended (None: turn detection was switched off mid-speech)."""
+        if event is None:
+            await self._commit(self.speech_item, -1.0, respond=False)
+            return
+        await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": event.audio_end_ms,
+                         "item_id": self.speech_item})
+        speech_end_ms = event.speech_end_ms if event.speech_end_ms is not None else event.audio_end_ms
         create = (self.config.turn_detection_effective or {}).get("create_response", True)
-        await self._commit(self.speech_item, speech_end_s, respond=create and end_ms is not None)
+        await self._commit(self.speech_item, (speech_end_ms - self.buffer_start_ms) / 1000, respond=create,
+                           end_ms=event.audio_end_ms)
 
     async def _input_commit(self, event_id: str | None) -> None:
         if self.utterance is None and audio_ms(len(self.buffer)) < MIN_COMMIT_MS:
@@ -337,11 +356,14 @@ class Connection:
             await self._open_utterance(bytes(self.buffer))
         await self._commit(item_id, -1.0, respond=False)
 
-    async def _commit(self, item_id: str, speech_end_s: float, respond: bool) -> None:
+    async def _commit(self, item_id: str, speech_end_s: float, respond: bool, end_ms: int | None = None) -> None:
+        """The utterance is over: its audio ends at end_ms (the detector's; None: all buffered),
+        and what came after stays in the buffer for the next."""
         utterance = self.utterance
         self.utterance, self.speech_item = None, None
-        self.buffer_start_ms += audio_ms(len(self.buffer))
-        self.buffer.clear()
+        cut = len(self.buffer) if end_ms is None else self._cut(end_ms)
+        self.consumed += cut
+        del self.buffer[:cut]
         previous = self.items[-1].id if self.items else None
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         item = Item(id=item_id, role="user", audio=True, transcribed=False)
@@ -387,7 +409,7 @@ class Connection:
             self.utterance.turn.cancel("cleared")
             self.close_turn(self.utterance.turn, False, "cleared")
             self.utterance, self.speech_item = None, None
-        self.buffer_start_ms += audio_ms(len(self.buffer))
+        self.consumed += len(self.buffer)
         self.buffer.clear()
         if self.detector is not None:
             self.detector.reset()

@@ -4,6 +4,7 @@ threads, never on the event loop."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 log = logging.getLogger("s2s.gateway.realtime")
@@ -13,6 +14,7 @@ DEFAULT_TURN_DETECTION = {"type": "server_vad", "threshold": 0.5, "prefix_paddin
                           "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
 
 
+@functools.cache  # thread-safe and read-only once loaded: one copy per process serves every gateway
 def load_listening():
     """The VAD and turn models, or None (then sessions are push-to-talk, and say so)."""
     try:
@@ -27,13 +29,14 @@ def load_listening():
         return None
 
 
-def make_detector(models, requested):
-    """(detector, what took effect) for a session's turn_detection ("default": a new session's)."""
+def make_detector(models, requested, start_ms: int):
+    """(detector, what took effect) for a session's turn_detection ("default": a new session's),
+    its positions counted from start_ms (where the session's audio stream is now)."""
     if requested == "default":
         requested = DEFAULT_TURN_DETECTION if models is not None else None
     if requested is None or models is None:
         return None, None
     from gateway.listening import TurnDetector
 
-    detector = TurnDetector(models, requested)
+    detector = TurnDetector(models, requested, start_ms=start_ms)
     return detector, detector.effective

@@ -6,33 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
-
 from gateway.bus import StageUnavailable
 from proto import AsrFinal, AsrPartial, AsrStreamAudio, AsrStreamEnd, AsrStreamStart, StageError
 
 FRAME_BYTES = 6400  # 0.2 s of 16 kHz PCM16 per asr.stream.audio: few messages, little delay
-RATE_IN, RATE_ASR = 24000, 16000
-
-
-class Resampler:
-    """24 kHz PCM16 to 16 kHz, chunk by chunk, continuous across chunks (linear interpolation:
-    enough for speech recognition and turn detection, which look below 8 kHz)."""
-
-    def __init__(self):
-        self.position = 0.0  # of the next output sample, in input samples from `last`
-        self.last = np.zeros(0, np.float32)
-
-    def __call__(self, pcm24: bytes) -> bytes:
-        audio = np.concatenate([self.last, np.frombuffer(pcm24, "<i2").astype(np.float32)])
-        step = RATE_IN / RATE_ASR
-        count = int(np.floor((len(audio) - 1 - self.position) / step)) + 1 if len(audio) > self.position + 1 else 0
-        points = self.position + step * np.arange(count)
-        out = np.interp(points, np.arange(len(audio)), audio) if count else np.zeros(0)
-        next_position = self.position + step * count
-        keep = int(np.floor(next_position))
-        self.last, self.position = audio[keep:], next_position - keep
-        return np.round(out).astype("<i2").tobytes()
+RATE_ASR = 16000
 
 
 class Utterance:
