@@ -25,13 +25,17 @@ class Transcriber:
 
 class Turn:
     stop = False
+    cancelled: set = set()
 
     def should_stop(self):
         return self.stop
 
+    def is_live(self, session, number):
+        return (session, number) not in self.cancelled
 
-def run(streams, message, payload=(), turn=None):
-    message.session, message.turn = "s", 1
+
+def run(streams, message, payload=(), turn=None, number=1):
+    message.session, message.turn = "s", number
     return list(streams.handle(message, list(payload), turn or Turn()))
 
 
@@ -90,3 +94,12 @@ def test_a_lost_frame_a_missing_start_and_a_cancel():
     stream(streams, 2, cancelled)
     cancelled.stop = True
     assert run(streams, AsrStreamEnd(frames=2), turn=cancelled) == [] and not streams.open
+
+
+def test_a_new_utterance_forgets_those_of_cancelled_turns():
+    streams = Streams(Transcriber())
+    stream(streams, 2)  # turn 1, left open: its socket closed, the gateway cancelled it
+    turn = Turn()
+    turn.cancelled = {("s", 1)}
+    run(streams, AsrStreamStart(), turn=turn, number=2)
+    assert list(streams.open) == [("s", 2)]

@@ -277,22 +277,24 @@ async def test_a_closed_socket_cancels_its_response_on_every_stage(make_client, 
 # --- hands-free: server_vad (Silero) on spoken audio, and barge-in --------------------------------
 
 
-@pytest.fixture(scope="module")
-def question_pcm(tmp_path_factory):
-    """espeak-ng's question at 24 kHz PCM16 (0.3 s of silence before it, 1 s after), and where
+def spoken_pcm24(wav_path) -> tuple[bytes, int, int]:
+    """A spoken WAV file as 24 kHz PCM16 with 0.3 s of silence before it and 1 s after, and where
     its speech starts and ends in ms."""
     import wave
 
-    from tests.audio import spoken_wav
-
-    path = spoken_wav("What is the capital of France?", tmp_path_factory.mktemp("rt") / "q.wav")
-    with wave.open(str(path)) as w:
+    with wave.open(str(wav_path)) as w:
         rate, audio = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
     audio = np.interp(np.arange(0, len(audio), rate / 24000), np.arange(len(audio)), audio)
     voiced = np.flatnonzero(np.abs(audio) > 500)
-    silence = lambda s: np.zeros(int(24000 * s))  # noqa: E731
-    pcm = np.concatenate([silence(0.3), audio, silence(1.0)]).astype("<i2").tobytes()
-    return pcm, 300 + voiced[0] * 1000 // 24000, 300 + voiced[-1] * 1000 // 24000
+    pcm = np.concatenate([np.zeros(7200), audio, np.zeros(24000)]).astype("<i2").tobytes()
+    return pcm, int(300 + voiced[0] * 1000 // 24000), int(300 + voiced[-1] * 1000 // 24000)
+
+
+@pytest.fixture(scope="module")
+def question_pcm(tmp_path_factory):
+    from tests.audio import spoken_wav
+
+    return spoken_pcm24(spoken_wav("What is the capital of France?", tmp_path_factory.mktemp("rt") / "q.wav"))
 
 
 async def stream(connection, pcm: bytes, chunk_ms: int = 100):

@@ -28,6 +28,7 @@ FIRST_DECODE_S = 0.8  # nor before the utterance is this long (too little for a 
 PACE = 1.5  # the next decode waits for 1.5x the last decode's time of new audio
 MAX_STREAMS = 32  # open utterances kept (the least recently fed goes first)
 MAX_UTTERANCE_S = 120.0
+STALE_S = 60.0  # an utterance fed nothing for this long is forgotten (its gateway went away)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class _Stream:
     text: str = ""
     last_decode_s: float = 0.0
     compute_s: float = 0.0
+    fed: float = field(default_factory=time.monotonic)  # when it last got a message
 
     def audio(self) -> np.ndarray:
         if len(self.chunks) > 1:
@@ -56,6 +58,7 @@ class Streams:
         if isinstance(request, AsrStreamStart):
             if request.sample_rate != SAMPLE_RATE:
                 raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")
+            self._forget_stale(turn)
             self.open[key] = _Stream()
             while len(self.open) > MAX_STREAMS:
                 self.open.popitem(last=False)
@@ -67,11 +70,20 @@ class Streams:
             self.open.pop(key, None)
             return
         self.open.move_to_end(key)
+        stream.fed = time.monotonic()
         if isinstance(request, AsrStreamAudio):
             yield from self._audio(key, stream, request, payload[0])
         elif isinstance(request, AsrStreamEnd):
             del self.open[key]
             yield from self._end(stream, request)
+
+    def _forget_stale(self, turn) -> None:
+        """Utterances whose turn was cancelled (a closed socket, a cleared buffer) or that nothing
+        fed for STALE_S: no more messages will come for them."""
+        cutoff = time.monotonic() - STALE_S
+        is_live = getattr(turn, "is_live", lambda session, number: True)  # in-process: no cancels
+        for key in [k for k, s in self.open.items() if s.fed < cutoff or not is_live(*k)]:
+            del self.open[key]
 
     def _audio(self, key, stream: _Stream, request: AsrStreamAudio, pcm: bytes) -> Iterator:
         if request.index != stream.frames:
