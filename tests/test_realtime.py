@@ -104,6 +104,10 @@ async def test_a_spoken_turn_push_to_talk_with_the_sdk(make_client, stages):
 
 async def test_a_two_turn_conversation_remembers_and_instructions_apply(make_client, stages):
     async with realtime_session(make_client) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "semantic_vad", "eagerness": "high"}}}})
+        detection = (await until(connection, "session.updated")).session.audio.input.turn_detection
+        assert (detection.type, detection.eagerness, detection.create_response) == ("semantic_vad", "high", True)
         await connection.session.update(session={"type": "realtime", "instructions": "Answer like a pirate.",
                                                  "audio": {"output": {"voice": "bm_george"}}})
         updated = await until(connection, "session.updated")
@@ -187,6 +191,8 @@ def append(pcm: bytes) -> dict:
      "invalid_request_error"),
     (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
      "unsupported_audio_format"),
+    (json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "threshold": 5}}}}}), "invalid_request_error"),
     (json.dumps({"type": "response.create"}), None),  # nothing to answer: a failed response, below
 ])
 async def test_bad_input_gets_an_error_event_and_the_socket_stays_open(make_client, stages, message, code):

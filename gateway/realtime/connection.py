@@ -268,6 +268,10 @@ class Connection:
                 await getattr(self, "_input_" + command)(*args)
             except ClientError as exc:
                 await self.error(exc)
+            except Exception:  # a bug must not leave the socket deaf to audio: say so, go on
+                log.exception("realtime input %s failed", command)
+                await self.error(ClientError("The gateway failed on this audio.", code="server_error",
+                                             type_="server_error"))
 
     async def _input_detection(self, requested: dict | None) -> None:
         """A session.update that sets turn detection: takes effect between appends."""

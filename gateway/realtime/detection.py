@@ -38,5 +38,10 @@ def make_detector(models, requested, start_ms: int):
         return None, None
     from gateway.listening import TurnDetector
 
-    detector = TurnDetector(models, requested, start_ms=start_ms)
+    try:
+        detector = TurnDetector(models, requested, start_ms=start_ms)
+    except ValueError as exc:  # checked in session.update; a model this gateway lacks remains
+        from gateway.realtime.protocol import ClientError
+
+        raise ClientError(f"{exc}.", param="session.audio.input.turn_detection") from None
     return detector, detector.effective
