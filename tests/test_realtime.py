@@ -351,3 +351,25 @@ async def test_barge_in_cancels_the_answer_and_keeps_what_was_heard(make_client,
         assert (await until(connection, "response.done")).response.status == "completed"  # the new question's
     assert [m.content for m in stages.llm_requests[-1].history] == [
         "Tell me about Paris.", FIRST_SENTENCE, stages.transcript]
+
+
+async def test_without_interrupt_response_the_next_turn_waits_for_the_answer(make_client, stages, question_pcm):
+    pcm, _, _ = question_pcm
+    stages.tts_delay = 1.0
+    async with realtime_session(make_client) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "interrupt_response": False}}}})
+        await until(connection, "session.updated")
+        await type_and_ask(connection, "Tell me about Paris.", "response.output_audio.delta")
+        await stream(connection, pcm)
+        seen: list = []
+        first = await until(connection, "response.done", seen)
+        stages.tts_delay = 0.0
+        second = await until(connection, "response.done", seen)
+    kinds = [e.type for e in seen]
+    assert "input_audio_buffer.speech_started" in kinds
+    assert first.response.status == "completed"  # heard out, not interrupted
+    assert kinds.index("response.created") > kinds.index("response.done")  # one response at a time
+    assert second.response.status == "completed" and second.response.id != first.response.id
+    assert [m.content for m in stages.llm_requests[-1].history] == [
+        "Tell me about Paris.", " ".join(stages.sentences), stages.transcript]

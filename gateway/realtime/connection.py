@@ -395,7 +395,16 @@ class Connection:
                              "content_index": 0, "error": {"type": kind, "code": stage, "message": message}})
         previous = self.items[self.items.index(item) - 1].id if self.items.index(item) else None
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item.as_dict()})
-        if respond and problem is None and text and self.response is None:
+        if respond and problem is None and text:
+            await self._answer_when_free()
+
+    async def _answer_when_free(self) -> None:
+        """A detected turn is answered once the response still playing (interrupt_response
+        false) has ended; not when the person has started speaking again meanwhile (the turn
+        that ends next is answered with both in the history)."""
+        while self.response is not None:
+            await self.response.ended.wait()
+        if self.speech_item is None:
             self.start_response()
 
     def _partial(self, item_id: str, text: str) -> None:
@@ -449,6 +458,7 @@ class Response:
         self.turn = connection.open_turn()
         self.audio_bytes = 0
         self.reason = ""  # why it was cancelled: turn_detected | client_cancelled
+        self.ended = asyncio.Event()
         self.outcome: dict | None = None  # status details once known
 
     def cancel(self, reason: str) -> None:
@@ -484,9 +494,12 @@ class Response:
                                                     lambda: c.closed or c.ws.closed)
         finally:
             c.close_turn(self.turn, finished, self.reason or "response ended")
-            c.response = None
-            if not c.closed:
-                await self._finish()
+            try:
+                if not c.closed:
+                    await self._finish()
+            finally:  # only now may another response start: its events follow this one's response.done
+                c.response = None
+                self.ended.set()
 
     # --- the turn loop's sink (what SseWriter is for an upload's turn) -----------------------------
 
