@@ -355,7 +355,7 @@ async def test_barge_in_cancels_the_answer_and_keeps_what_was_heard(make_client,
 
 async def test_without_interrupt_response_the_next_turn_waits_for_the_answer(make_client, stages, question_pcm):
     pcm, _, _ = question_pcm
-    stages.tts_delay = 1.0
+    stages.hold_tts = True  # the answer's second sentence waits until the next question is recognised
     async with realtime_session(make_client) as (connection, created):
         await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
             "type": "server_vad", "interrupt_response": False}}}})
@@ -363,8 +363,9 @@ async def test_without_interrupt_response_the_next_turn_waits_for_the_answer(mak
         await type_and_ask(connection, "Tell me about Paris.", "response.output_audio.delta")
         await stream(connection, pcm)
         seen: list = []
+        await until(connection, "conversation.item.input_audio_transcription.completed", seen)
+        stages.hold_tts = False
         first = await until(connection, "response.done", seen)
-        stages.tts_delay = 0.0
         second = await until(connection, "response.done", seen)
     kinds = [e.type for e in seen]
     assert "input_audio_buffer.speech_started" in kinds

@@ -26,6 +26,7 @@ class FakeStages:
         self.asr_streams: list[AsrStreamEnd] = []  # streamed utterances, by their end
         self.cancels: list[TurnCancel] = []
         self.tts_delay = 0.0
+        self.hold_tts = False  # hold every sentence but a turn's first until this is lifted (loop stays live)
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -67,6 +68,13 @@ class FakeStages:
         for stage in self.stages:
             send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0))
             send(StageReady(stage=stage, backend="fake", model="fake", device="cpu", load_s=0.0))
+        def speak(request):
+            pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
+            send(TtsAudio(index=request.index, part=0, text=request.text, sample_rate=24000,
+                          compute_s=0.01), pcm, reply_to=request)
+            send(TtsDone(index=request.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=request)
+
+        held = []  # TTS requests waiting for hold_tts to be lifted
         next_beat = 0.0
         while not self.stop.is_set():
             if time.monotonic() > next_beat:
@@ -96,11 +104,13 @@ class FakeStages:
                                  compute_s=0.02, first_sentence_s=0.01), reply_to=message)
                 elif isinstance(message, TtsRequest):
                     self.tts_requests.append(message)
+                    if self.hold_tts and message.index > 0:
+                        held.append(message)
+                        continue
                     time.sleep(self.tts_delay)
-                    pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
-                    send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
-                                  compute_s=0.01), pcm, reply_to=message)
-                    send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
+                    speak(message)
+            while held and not self.hold_tts:
+                speak(held.pop(0))
         push.close(0)
         for sock in pulls:  # the stages' sockets and the control socket
             sock.close(0)
