@@ -374,3 +374,14 @@ async def test_without_interrupt_response_the_next_turn_waits_for_the_answer(mak
     assert second.response.status == "completed" and second.response.id != first.response.id
     assert [m.content for m in stages.llm_requests[-1].history] == [
         "Tell me about Paris.", " ".join(stages.sentences), stages.transcript]
+
+
+async def test_gateway_shutdown_tells_every_socket_and_closes_it(make_client, stages):
+    client = await make_client(settings())
+    await wait_ready(client)
+    ws = await open_raw(client)
+    closing = asyncio.create_task(client.server.close())  # what SIGTERM runs: on_shutdown, cleanup
+    event = await ws.receive_json(timeout=10)
+    assert event["type"] == "error" and event["error"]["code"] == "shutting_down"
+    assert (await ws.receive(timeout=10)).type.name in ("CLOSE", "CLOSED")
+    await closing
