@@ -45,6 +45,7 @@ class Connection:
         self.closed = False
         # input: appended audio and buffer commands, handled in order by one task
         self.inputs: asyncio.Queue = asyncio.Queue()
+        self.queued = 0  # bytes of appended audio in `inputs`, not yet handled
         self.buffer = bytearray()  # 24 kHz PCM16 not yet committed
         self.consumed = 0  # bytes of the stream before the buffer (committed, cleared or trimmed)
         self.detector = None
@@ -178,6 +179,10 @@ class Connection:
 
     async def on_input_audio_buffer_append(self, event: dict) -> None:
         pcm = decode_audio(event, self.settings.max_message_bytes)
+        if self.queued + len(pcm) > self.buffer_cap():  # sent faster than turn detection keeps up
+            raise ClientError("Audio is arriving faster than it can be handled: slow down.",
+                              code="input_audio_buffer_full")
+        self.queued += len(pcm)
         self.inputs.put_nowait(("append", pcm, event.get("event_id")))
 
     async def on_input_audio_buffer_commit(self, event: dict) -> None:
@@ -282,9 +287,12 @@ class Connection:
                                                                             self.position_ms())
         await self.send({"type": "session.updated", "session": self.config.as_dict()})
 
+    def buffer_cap(self) -> int:
+        return int(self.settings.max_buffer_s * SAMPLE_RATE) * 2
+
     async def _input_append(self, pcm: bytes, event_id: str | None) -> None:
-        cap = int(self.settings.max_buffer_s * SAMPLE_RATE * 2)
-        if len(self.buffer) + len(pcm) > cap:
+        self.queued -= len(pcm)
+        if len(self.buffer) + len(pcm) > self.buffer_cap():
             raise ClientError(f"The input audio buffer holds at most {self.settings.max_buffer_s:.0f} s: commit "
                               "or clear it.", code="input_audio_buffer_full", event_id=event_id)
         self.buffer += pcm
