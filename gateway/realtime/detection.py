@@ -9,9 +9,9 @@ import logging
 
 log = logging.getLogger("s2s.gateway.realtime")
 
-# A new session listens hands-free, as the protocol's default session does.
-DEFAULT_TURN_DETECTION = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                          "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
+# A new session listens hands-free, as the protocol's default session does (the detector fills in
+# the protocol's defaults: threshold 0.5, prefix padding 300 ms, silence 500 ms)
+DEFAULT_TURN_DETECTION = {"type": "server_vad"}
 
 
 @functools.cache  # thread-safe and read-only once loaded: one copy per process serves every gateway
