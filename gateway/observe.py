@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -51,7 +51,6 @@ class TurnTrace:
     upload: str  # the upload's session id (the /stream/<id> path), single-use
     session: str  # the bus session id (the conversation)
     turn: int
-    live: Any  # the gateway's LiveTurn
     started: float = field(default_factory=time.monotonic)
     uploaded: float = 0.0  # monotonic time the upload was decoded
     first_chunk: float | None = None
@@ -110,7 +109,7 @@ class _BoardCollector:
                                   labels=["stage"])
         busy = GaugeMetricFamily("s2s_gateway_stage_busy_seconds", "How long the stage has been busy (last heartbeat)",
                                  labels=["stage"])
-        peers = GaugeMetricFamily("s2s_gateway_stage_peers", "Workers connected to the stage's socket",
+        peers = GaugeMetricFamily("s2s_gateway_stage_peers", "Workers whose inbox the gateway is connected to",
                                   labels=["stage"])
         state = GaugeMetricFamily("s2s_gateway_stage_state", "1 for the stage's current state", labels=["stage", "state"])
         for stage in STAGES:
@@ -127,7 +126,7 @@ class _BoardCollector:
                  getattr(getattr(gateway, "bus", None), "dropped_frames", 0)),
                 ("s2s_gateway_late_results", "Results for turns that had already ended (dropped)",
                  getattr(gateway, "late_results", 0)),
-                ("s2s_gateway_resent_requests", "Requests sent again to a restarted stage",
+                ("s2s_gateway_resent_requests", "Requests sent again because the worker holding them was lost",
                  getattr(gateway, "resent_requests", 0))):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], float(value or 0))
@@ -206,7 +205,7 @@ class GatewayObserver:
 
     def watch(self, sse, session_id: str, turn: "LiveTurn", upload: "Upload") -> ObservedStream:
         """The turn's stream starts: count it, and follow every event it sends."""
-        trace = TurnTrace(session_id, turn.conversation.id, turn.number, turn, uploaded=upload.created)
+        trace = TurnTrace(session_id, turn.conversation.id, turn.number, uploaded=upload.created)
         self.turns_started.inc()
         log_turn(log, "turn started", trace.session, trace.turn, upload=session_id, persona=upload.persona,
                  waited_s=round(trace.started - upload.created, 3))

@@ -385,3 +385,21 @@ async def test_gateway_shutdown_tells_every_socket_and_closes_it(make_client, st
     assert event["type"] == "error" and event["error"]["code"] == "shutting_down"
     assert (await ws.receive(timeout=10)).type.name in ("CLOSE", "CLOSED")
     await closing
+
+
+async def test_every_frame_of_an_utterance_reaches_the_worker_that_holds_it(make_client, stages, bus_env):
+    from tests.fakes.fake_stages import FakeStages
+
+    with FakeStages(bus_env, name="second", stages=("asr",)) as second:
+        async with realtime_session(make_client) as (connection, created):
+            await push_to_talk(connection)
+            for _ in range(3):
+                await say(connection, TONE * 2)  # 2 s: ten frames each
+    utterances: dict[tuple[str, int], set[str]] = {}
+    for fake in (stages, second):
+        for stage, message in fake.received:
+            if stage == "asr" and message.session:
+                utterances.setdefault((message.session, message.turn), set()).add(fake.instances["asr"])
+    assert len(utterances) == 3 and all(len(workers) == 1 for workers in utterances.values()), utterances
+    # and the work was shared out: the two workers each held an utterance
+    assert len(set.union(*utterances.values())) == 2

@@ -96,9 +96,11 @@ class Connection:
         return turn
 
     def close_turn(self, turn, finished: bool, reason: str = "") -> None:
+        """The turn is over here; unfinished, its work stops on each worker that holds a part."""
         self.gateway.live.pop((self.conversation.id, turn.number), None)
         if not finished:
-            self.gateway.cancel_on_stages(self.conversation.id, turn.number, reason or "cancelled")
+            self.gateway.dispatch.cancel(self.conversation.id, turn.number, reason or "cancelled")
+        self.gateway.dispatch.end_turn(self.conversation.id, turn.number)
 
     # --- the socket's life -------------------------------------------------------------------------
 
@@ -151,8 +153,8 @@ class Connection:
             except (asyncio.CancelledError, Exception):
                 pass
         for key in [k for k in self.gateway.live if k[0] == self.conversation.id]:
-            turn = self.gateway.live.pop(key)
-            self.gateway.cancel_on_stages(key[0], key[1], reason)
+            turn = self.gateway.live[key]
+            self.close_turn(turn, False, reason)
             turn.cancel(reason)
 
     # --- client events ---------------------------------------------------------------------------
@@ -473,8 +475,8 @@ class Response:
         if not self.turn.cancelled.is_set():
             self.reason = reason
             self.turn.cancel(reason)
-            # on every stage at once, not when the turn loop next wakes
-            self.connection.gateway.cancel_on_stages(self.connection.conversation.id, self.turn.number, reason)
+            # on every stage at once (each worker holding a part), not when the turn loop next wakes
+            self.connection.gateway.dispatch.cancel(self.connection.conversation.id, self.turn.number, reason)
 
     def _ids(self) -> dict:
         return {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
