@@ -349,6 +349,7 @@ async def test_realtime_mode_measures_turns_and_barge_in(gateway, bus_env, tmp_p
     assert (report["turns"], report["ok"], report["false_endpoints"]) == (3, 3, 0), report
     for name in ("speech_end_to_first_audio_s", "speech_end_to_transcript_s"):
         assert report[name]["n"] == 3 and 0.4 < report[name]["p50"] < 5, report  # 500 ms of silence first
+    assert report["endpoint_to_transcript_s"]["n"] == 3 and report["endpoint_to_transcript_s"]["p50"] < 0.5
     assert report["barge_in_to_last_audio_s"]["n"] == 2  # the last answer is heard out
     rows = list(csv.DictReader((tmp_path / "out" / "realtime_turns.csv").open()))
     assert [r["status"] for r in rows] == ["cancelled", "cancelled", "completed"]

@@ -34,7 +34,7 @@ Options:
 Realtime (--realtime): conversations over /v1/realtime instead of uploads: --concurrency N
 sessions at once, --turns turns in each, every .wav input spoken at real-time pace as a
 microphone would (services/loadtest/realtime.py). Reports speech end to first audio, speech end
-to final transcript, false endpoints and, with --barge-in (the next question interrupts each
+to final transcript, the turn detector's end to that transcript, false endpoints and, with --barge-in (the next question interrupts each
 answer as soon as its audio starts), barge-in to the last audio byte of the cancelled answer:
 realtime.json, realtime_turns.csv, realtime.png.
     --realtime             the mode above

@@ -5,6 +5,8 @@ questions), and what a person would feel, per turn:
 - speech_end_to_first_audio_s: from the moment the question's last voiced sample was sent to
   the first response.output_audio.delta;
 - speech_end_to_transcript_s: to conversation.item.input_audio_transcription.completed;
+- endpoint_to_transcript_s: from input_audio_buffer.speech_stopped (the turn detector's end,
+  after its silence) to that transcript: what recognition adds once the turn has ended;
 - false_endpoints: speech_stopped events before the question's speech ended (a turn cut off
   mid-question);
 - barge_in_to_last_audio_s (--barge-in): the next question starts as soon as the answer's first
@@ -35,7 +37,8 @@ from services.loadtest.report import _pyplot, stats
 RATE = 24000
 CHUNK_S = 0.1
 VOICED = 0.02 * 32768  # a sample this loud is speech (clean recordings)
-LATENCIES = ("speech_end_to_first_audio_s", "speech_end_to_transcript_s", "barge_in_to_last_audio_s")
+LATENCIES = ("speech_end_to_first_audio_s", "speech_end_to_transcript_s", "endpoint_to_transcript_s",
+             "barge_in_to_last_audio_s")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class RealtimeTurn:
     transcript: str = ""
     speech_end_to_first_audio_s: float | None = None
     speech_end_to_transcript_s: float | None = None
+    endpoint_to_transcript_s: float | None = None
     barge_in_to_last_audio_s: float | None = None
     false_endpoints: int = 0
     status: str = ""  # the response's: completed | cancelled | failed
@@ -188,7 +192,7 @@ async def _one_turn(listener: _Listener, speaker: Speaker, mark: dict, result: R
         if time.monotonic() > deadline:
             raise asyncio.TimeoutError
     speech_end = mark["speech_end"]
-    _, stopped = await listener.wait("input_audio_buffer.speech_stopped", seen, deadline, since=speech_end)
+    t_stopped, stopped = await listener.wait("input_audio_buffer.speech_stopped", seen, deadline, since=speech_end)
     # a speech_stopped that came before the question's speech ended cut it short
     result.false_endpoints = sum(1 for t, e in listener.events[seen:]
                                  if e.get("type") == "input_audio_buffer.speech_stopped" and t < speech_end)
@@ -197,6 +201,7 @@ async def _one_turn(listener: _Listener, speaker: Speaker, mark: dict, result: R
                                               deadline, lambda e: e.get("item_id") == item)
     result.transcript = event.get("transcript", "")
     result.speech_end_to_transcript_s = round(t_transcript - speech_end, 4)
+    result.endpoint_to_transcript_s = round(t_transcript - t_stopped, 4)
     _, created = await listener.wait("response.created", seen, deadline, since=t_transcript)
     response_id = created["response"]["id"]
     own = lambda e: e.get("response_id") == response_id or e.get("response", {}).get("id") == response_id  # noqa: E731
