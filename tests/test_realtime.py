@@ -403,3 +403,20 @@ async def test_every_frame_of_an_utterance_reaches_the_worker_that_holds_it(make
     assert len(utterances) == 3 and all(len(workers) == 1 for workers in utterances.values()), utterances
     # and the work was shared out: the two workers each held an utterance
     assert len(set.union(*utterances.values())) == 2
+
+
+async def test_silence_between_turns_never_fills_the_buffer(make_client, stages, question_pcm):
+    pcm, _, _ = question_pcm
+    async with realtime_session(make_client, max_buffer_s=6.0) as (connection, created):
+        for _ in range(3):  # 12 s of silence, more than the buffer holds, at most 4 s in flight at once
+            await stream(connection, bytes(48 * 4000))
+            # a turn_detection update is handled in line with the audio: its answer means all is in
+            await connection.session.update(session={"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": "server_vad"}}}})
+            await until(connection, "session.updated")
+        await stream(connection, pcm)
+        seen: list = []
+        started = await until(connection, "input_audio_buffer.speech_started", seen)
+        await until(connection, "response.done", seen)
+    assert "error" not in [e.type for e in seen]
+    assert started.audio_start_ms > 12_000  # positions still count every appended sample

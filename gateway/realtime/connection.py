@@ -31,6 +31,10 @@ from services.personas import HISTORY_MESSAGES, PERSONAS
 log = logging.getLogger("s2s.gateway.realtime")
 
 MIN_COMMIT_MS = 100  # the protocol's least audio in a commit
+# With turn detection on and nobody speaking, the buffer keeps only this much recent audio: enough
+# for a start the detector dates back (its minimum speech, a gap, the prefix padding), so hours
+# of silence between turns never fill it.
+LISTENING_KEEP_MS = 5000
 MAX_ITEMS = 200  # conversation items kept per socket (the LLM gets the last HISTORY_MESSAGES)
 
 
@@ -294,6 +298,8 @@ class Connection:
 
     async def _input_append(self, pcm: bytes, event_id: str | None) -> None:
         self.queued -= len(pcm)
+        if self.detector is not None and self.utterance is None:
+            self._forget_before(self.position_ms() - LISTENING_KEEP_MS)
         if len(self.buffer) + len(pcm) > self.buffer_cap():
             raise ClientError(f"The input audio buffer holds at most {self.settings.max_buffer_s:.0f} s: commit "
                               "or clear it.", code="input_audio_buffer_full", event_id=event_id)
@@ -322,6 +328,12 @@ class Connection:
         """Where the stream is: all the audio appended so far, in ms (the protocol's timeline)."""
         return audio_ms(self.consumed + len(self.buffer))
 
+    def _forget_before(self, at_ms: int) -> None:
+        """Drop the buffered audio before a stream position (it will never be part of a turn)."""
+        cut = self._cut(at_ms)
+        del self.buffer[:cut]
+        self.consumed += cut
+
     def _cut(self, at_ms: int) -> int:
         """Byte offset of a stream position in the buffer (whole samples, within it)."""
         offset = (at_ms - self.buffer_start_ms) * SAMPLE_RATE * 2 // 1000
@@ -335,9 +347,7 @@ class Connection:
             self.response.cancel("turn_detected")
         # the utterance starts at the detector's start (its prefix padding included): the buffer
         # is trimmed to there and streamed to ASR from it
-        keep_from = self._cut(start_ms)
-        del self.buffer[:keep_from]
-        self.consumed += keep_from
+        self._forget_before(start_ms)
         await self._open_utterance(bytes(self.buffer))
 
     async def _open_utterance(self, pcm24: bytes) -> None:
