@@ -8,6 +8,7 @@ hears as a finished turn (it gives that phrase 0.9), so espeak cannot show the d
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -133,6 +134,34 @@ def test_any_chunking_gives_the_same_events(models, turn_detection):
         assert events == whole, sizes[:5]
 
 
+def test_sessions_share_the_models_across_threads(models):
+    """One ListeningModels, several detectors fed at once from threads (as the gateway's
+    sessions are): each gets exactly the events it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    streams = [padded(speech("How far away is the moon?"), lead_ms, 1000, seed=lead_ms) for lead_ms in (300, 700, 1100)]
+    alone = [detect(models, SERVER_VAD, pcm) for pcm in streams]
+
+    def in_chunks(pcm: bytes) -> list:
+        detector = TurnDetector(models, SERVER_VAD)
+        return [event for at in range(0, len(pcm), 3200) for event in detector.feed(pcm[at:at + 3200])]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        assert list(pool.map(in_chunks, streams)) == alone
+    assert all(kinds(events) == [SpeechStarted, SpeechStopped] for events in alone)
+    assert len({events[0].speech_start_ms for events in alone}) == 3
+
+
+def test_start_ms_moves_every_position(models):
+    pcm = padded(speech("How far away is the moon?"), 200, 1000)  # the prefix padding reaches the stream start
+    plain = detect(models, SERVER_VAD, pcm)
+    later = detect(models, SERVER_VAD, pcm, start_ms=60_000)
+    assert plain[0].audio_start_ms == 0
+    moved = [dataclasses.replace(e, **{k: v + 60_000 for k, v in dataclasses.asdict(e).items() if k.endswith("_ms")})
+             for e in plain]
+    assert later == moved
+
+
 def test_reset_forgets_the_turn_in_progress(models):
     words = speech("How far away is the moon?")
     pcm = padded(words, 1000, 1500)
@@ -248,6 +277,8 @@ def test_bad_minimum_speech_and_semantic_vad_without_smart_turn_are_value_errors
     for bad in (-1, 1.5, "250", True):
         with pytest.raises(ValueError, match="min_speech_ms"):
             TurnDetector(models, SERVER_VAD, min_speech_ms=bad)
+        with pytest.raises(ValueError, match="start_ms"):
+            TurnDetector(models, SERVER_VAD, start_ms=bad)
     vad_only = ListeningModels(models.vad_path)
     assert not vad_only.semantic
     with pytest.raises(ValueError, match="Smart Turn"):

@@ -80,9 +80,11 @@ class TurnDetector:
             raise ValueError("semantic_vad needs the Smart Turn model, which this gateway did not load")
         if isinstance(min_speech_ms, bool) or not isinstance(min_speech_ms, int) or not 0 <= min_speech_ms <= MAX_MS:
             raise ValueError(f"min_speech_ms must be a whole number from 0 to {MAX_MS}, got {min_speech_ms!r}")
+        if isinstance(start_ms, bool) or not isinstance(start_ms, int) or start_ms < 0:
+            raise ValueError(f"start_ms must be a whole number of milliseconds from 0, got {start_ms!r}")
         self.models = models
         self.min_speech_ms = min_speech_ms
-        self._start_ms = int(start_ms)
+        self._start_ms = start_ms
         self._low = min(self.config.threshold, max(self.config.threshold - HYSTERESIS, 0.01))
         self._frames = 0  # frames processed, never reset: positions are the stream's
         self._pending = bytearray()  # the tail that does not fill a frame yet
