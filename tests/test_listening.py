@@ -198,7 +198,7 @@ def kokoro(registry_model):
     """Kokoro speech (24 kHz, as a Realtime client sends it) brought to 16 kHz by the resampler."""
     from services.tts.onnx_backend import KokoroOnnxBackend
 
-    backend = KokoroOnnxBackend(str(registry_model("kokoro-82m-onnx")), threads=1)
+    backend = KokoroOnnxBackend(str(registry_model("kokoro-82m-onnx")), threads=0)  # every core
     backend.load()
 
     @functools.cache
@@ -227,7 +227,8 @@ def test_smart_turn_holds_a_cut_off_question_longer_than_a_complete_one(models, 
 
     # speech that resumes within the wait continues the turn
     first = kokoro("What is the capital of")
-    resumed = padded(np.concatenate([first, np.zeros(1000 * 16), kokoro("France?")]), 500, 3000)
+    resumed = padded(np.concatenate([first, np.zeros(1000 * 16), kokoro("What is the capital of France?")]),
+                     500, 3000)
     events = detect(models, {"type": "semantic_vad", "eagerness": "high"}, resumed)
     assert kinds(events) == [SpeechStarted, SpeechStopped]
     assert events[1].speech_end_ms > 500 + first.size / 16 + 1000

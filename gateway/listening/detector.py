@@ -40,7 +40,7 @@ from gateway.listening.models import FRAME_MS, FRAME_SAMPLES, ListeningModels, V
 
 MIN_SPEECH_MS = 250  # speech needed before a turn starts (a cough or an "mm" is shorter)
 START_GAP_MS = 100  # silence that drops a start still short of MIN_SPEECH_MS
-HYSTERESIS = 0.15  # a turn in progress keeps counting frames down to threshold - this as speech
+HYSTERESIS = 0.15  # in a turn, frames down to threshold - this are not silence (Silero's own rule)
 # Silero's recurrent state drifts in long non-speech and then under-reports the next speech (seen
 # by pipecat): it is cleared every 2 s of audio, only while quiet and after 5 clearly silent frames.
 STATE_RESET_MS = 2000
@@ -111,7 +111,7 @@ class TurnDetector:
         self._phase = _QUIET
         self._candidate = 0  # first frame of the speech being confirmed or in progress
         self._candidate_speech = 0  # its speech frames so far
-        self._gap = 0  # its silent frames in a row
+        self._gap = 0  # its silent frames since its last speech frame
         self._speech_end = 0  # frame after the last frame at or above threshold
         self._voiced_end = 0  # frame after the last frame that was not silence (hysteresis)
         self._turn_start_frame = 0  # first frame of the turn's audio (prefix padding included)
