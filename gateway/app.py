@@ -125,7 +125,7 @@ class Gateway:
     def on_bus_connection(self, instance: str, connected: bool) -> None:
         self.board.connection(instance, connected)
         if not connected:  # the worker's process is gone
-            self.bus.disconnect(instance)
+            self.bus.disconnect(instance, dead=True)
             for turn in self.live.values():
                 turn.inbox.put_nowait(None)  # let each turn look at what it lost now
 

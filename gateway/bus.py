@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from typing import Callable
 
@@ -94,13 +96,22 @@ class Bus:
         self.inboxes[instance] = Inbox(endpoint, sock, monitor)
         return True
 
-    def disconnect(self, instance: str) -> None:
-        """Close the PUSH to a worker that went away; what was queued for it is dropped."""
+    def disconnect(self, instance: str, dead: bool = False) -> None:
+        """Close the PUSH to a worker that went away; what was queued for it is dropped. dead: its
+        process died without closing its inbox, so an ipc inbox's socket file is removed here."""
         inbox = self.inboxes.pop(instance, None)
-        if inbox is not None:
-            inbox.socket.disable_monitor()
-            inbox.monitor.close(linger=0)
-            inbox.socket.close(linger=0)
+        if inbox is None:
+            return
+        inbox.socket.disable_monitor()
+        inbox.monitor.close(linger=0)
+        inbox.socket.close(linger=0)
+        path = inbox.endpoint.removeprefix("ipc://")
+        if dead and path != inbox.endpoint:
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):  # only a socket: never any other file it names
+                    os.unlink(path)
+            except OSError:
+                pass  # already gone
 
     def send(self, instance: str, message: Envelope, *payload: bytes) -> None:
         """To one worker's inbox. Never blocks: no connection to it, or a full queue, raises

@@ -16,20 +16,48 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.bus import Bus
+from gateway.stages import StageBoard
 from proto import tag_of
 from services.runtime.endpoints import STAGES
 from services.runtime.logs import log_turn
 from services.runtime.observe import never_raises
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway, LiveTurn, Upload
+
+
+# What the observer reads of the gateway (gateway/app.py), declared here so that this module does
+# not import the app that imports it.
+class Upload(Protocol):
+    session_id: str
+    conversation: str
+    persona: str
+    pcm: bytes
+    created: float  # monotonic
+
+
+class Conversation(Protocol):
+    id: str
+
+
+class LiveTurn(Protocol):
+    conversation: Conversation
+    number: int
+
+
+class Gateway(Protocol):
+    board: StageBoard
+    bus: Bus | None  # None without a bus (the original flow)
+    live: dict
+    uploads: dict
+    late_results: int
+    resent_requests: int
 
 log = logging.getLogger("s2s.gateway.turn")
 
@@ -252,7 +280,7 @@ class GatewayObserver:
 
     @never_raises
     def turn_ended(self, sse, finished: bool) -> None:
-        """The stream is over; finished: the answer completed (else the app cancels it on every stage)."""
+        """The stream is over; finished: the answer completed (else the app cancels it on the workers holding it)."""
         trace = getattr(sse, "trace", None)
         if trace is None:
             return
@@ -262,6 +290,6 @@ class GatewayObserver:
         if trace.outcome in (None, "done"):  # no error event went out: the client left
             trace.outcome, trace.stage = "disconnected", "gateway"
         self.errors.labels(trace.outcome, trace.stage).inc()
-        log_turn(log, "turn ended early: cancelling it on every stage", trace.session, trace.turn,
+        log_turn(log, "turn ended early: cancelling it on the workers holding it", trace.session, trace.turn,
                  kind=trace.outcome, stage=trace.stage, chunks=trace.chunks,
                  after_s=round(time.monotonic() - trace.started, 3))

@@ -83,6 +83,7 @@ async def test_exactly_the_requests_a_killed_worker_held_are_sent_again(make_cli
     assert chunks == list(range(len(chunks))) and len(chunks) == 8  # 4 sentences x 2 parts, none twice
     assert gateway.resent_requests == held[victim] == 2  # exactly what the killed worker held, once each
     assert gateway.board.is_gone(victim) and set(gateway.board.stages["tts"].workers) == {survivor}
+    assert not os.path.exists(f"{bus_env['S2S_RUN_DIR']}/{victim}.in")  # its inbox's socket file went with it
     assert gateway.dispatch.holding() == {}  # the turn is over: nobody holds anything of it
 
 

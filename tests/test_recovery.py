@@ -55,7 +55,7 @@ class Inboxes:
             raise WorkerUnavailable(f"the queue of worker {instance} is full")
         self.received.setdefault(instance, []).append(message)
 
-    def disconnect(self, instance):
+    def disconnect(self, instance, dead=False):
         self.full.discard(instance)
 
 

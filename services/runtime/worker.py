@@ -141,7 +141,7 @@ class Worker:
         self._arrivals = itertools.count()
         # Requests handled at once, each on its own compute thread (for backends that allow it).
         self.parallel = max(1, settings.get_int("PARALLEL", 1))
-        self._busy = 0
+        self._busy = 0  # requests being computed now (under _busy_lock)
         self._busy_lock = threading.Lock()
         self.book = TurnBook()
         self.draining = threading.Event()
@@ -166,6 +166,11 @@ class Worker:
         self._inbox_socket: zmq.Socket | None = None
         self._io = threading.Thread(target=self._io_loop, name=f"{stage.name}-io", daemon=True)
         self.observe = WorkerObserver(self)  # metrics and request logs (services/runtime/observe.py)
+
+    @property
+    def busy(self) -> int:
+        """Requests being computed now (each on its compute thread)."""
+        return self._busy
 
     # --- sending -------------------------------------------------------------------------------
 
