@@ -129,6 +129,13 @@ class Gateway:
             for turn in self.live.values():
                 turn.inbox.put_nowait(None)  # let each turn look at what it lost now
 
+    def open_turn(self, conversation: Conversation, number: int, client: str) -> LiveTurn:
+        """A live turn, registered so that its results, a worker's loss and shutdown reach it
+        (the realtime socket's responses and utterances; gateway/realtime/)."""
+        turn = LiveTurn(conversation, number, asyncio.Queue(), client)
+        self.live[(conversation.id, number)] = turn
+        return turn
+
     # --- HTTP: page and status -----------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.StreamResponse:

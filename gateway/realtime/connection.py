@@ -92,12 +92,7 @@ class Connection:
     def open_turn(self):
         """A bus turn of this socket (an utterance's ASR, or a response), registered so that its
         results, a stage's departure and shutdown reach it."""
-        from gateway.app import LiveTurn
-
-        number = self.conversation.next_turn()
-        turn = LiveTurn(self.conversation, number, asyncio.Queue(), f"realtime:{self.client}")
-        self.gateway.live[(self.conversation.id, number)] = turn
-        return turn
+        return self.gateway.open_turn(self.conversation, self.conversation.next_turn(), f"realtime:{self.client}")
 
     def close_turn(self, turn, finished: bool, reason: str = "") -> None:
         """The turn is over here; unfinished, its work stops on each worker that holds a part."""
