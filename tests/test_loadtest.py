@@ -354,3 +354,17 @@ async def test_realtime_mode_measures_turns_and_barge_in(gateway, bus_env, tmp_p
     rows = list(csv.DictReader((tmp_path / "out" / "realtime_turns.csv").open()))
     assert [r["status"] for r in rows] == ["cancelled", "cancelled", "completed"]
     assert (tmp_path / "out" / "realtime.png").stat().st_size > 0
+
+
+async def test_realtime_mode_keeps_the_turns_it_had_when_its_time_is_up(gateway, bus_env, tmp_path):
+    from tests.audio import spoken_wav
+
+    spoken_wav("What is the capital of France?", tmp_path / "question.wav")
+    with FakeStages(bus_env):
+        await wait_ready(gateway)
+        code = await asyncio.to_thread(cli.main, [
+            "--url", gateway, "--realtime", "--turns", "5", "--max-seconds", "1.5", "--out", str(tmp_path / "out"),
+            "--quiet", str(tmp_path / "question.wav")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "realtime.json").read_text())
+    assert report["turns"] == 1 and report["errors"] == ["deadline"]  # cut while the question was spoken

@@ -143,9 +143,10 @@ class Speaker:
 
 
 async def run_session(url: str, index: int, questions: list[Question], turns: int, barge_in: bool,
-                      turn_detection: dict, turn_timeout: float) -> list[RealtimeTurn]:
+                      turn_detection: dict, turn_timeout: float, results: list[RealtimeTurn]) -> None:
+    """One conversation; each turn's result is appended to `results` as it starts (and filled in as
+    it goes), so a run cut short by its time limit keeps every turn it had."""
     ws_url = url.replace("http", "ws", 1) + "/v1/realtime"
-    results: list[RealtimeTurn] = []
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
         listener = _Listener()
 
@@ -176,10 +177,12 @@ async def run_session(url: str, index: int, questions: list[Question], turns: in
                                                    barge_in and number + 1 < turns, turn_timeout)
                 except asyncio.TimeoutError:
                     result.error = "timeout"
+                except asyncio.CancelledError:
+                    result.error = "deadline"  # the run's --max-seconds
+                    raise
         finally:
             mouth.cancel()
             reader.cancel()
-    return results
 
 
 async def _one_turn(listener: _Listener, speaker: Speaker, mark: dict, result: RealtimeTurn, questions,
@@ -234,9 +237,16 @@ async def run_realtime(url: str, inputs: list[AudioInput], sessions: int, turns:
     """`turns` turns in each of `sessions` conversations at once."""
     questions = [question_of(i) for i in inputs]
     started = time.monotonic()
-    runs = [run_session(url, i, questions, turns, barge_in, turn_detection, turn_timeout) for i in range(sessions)]
-    done = await asyncio.wait_for(asyncio.gather(*runs), max_seconds)
-    return [t for session in done for t in session], time.monotonic() - started
+    results: list[RealtimeTurn] = []
+    runs = [asyncio.create_task(run_session(url, i, questions, turns, barge_in, turn_detection, turn_timeout, results))
+            for i in range(sessions)]
+    done, pending = await asyncio.wait(runs, timeout=max_seconds)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()  # a session that failed outright (e.g. could not connect) is an error, not a quiet gap
+    return sorted(results, key=lambda t: (t.session, t.turn)), time.monotonic() - started
 
 
 def summarize_realtime(turns: list[RealtimeTurn], wall_s: float, config: dict) -> dict:
@@ -273,7 +283,8 @@ def write_realtime(turns: list[RealtimeTurn], summary: dict, out_dir: Path) -> d
     ax.set_ylabel("fraction of turns")
     ax.set_title(f"/v1/realtime, {summary['config'].get('sessions')} session(s)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no turn measured anything: an empty plot, no legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "realtime.png", dpi=100)
     plt.close(fig)
