@@ -110,9 +110,9 @@ def test_a_pause_after_speech_gets_the_final_ready_before_the_turn_ends():
     streams = Streams(transcribe)
     loud, quiet = b"\x00\x20" * 3200, bytes(6400)  # 0.2 s of speech (-18 dBFS) / of silence
     run(streams, AsrStreamStart())
-    frames = [loud] * 3 + [quiet] * 3  # 0.6 s of speech: too short for a paced decode
+    frames = [loud] * 2 + [quiet] * 2  # 0.4 s of speech: the utterance is too short for a paced decode
     out = [m for i, f in enumerate(frames) for m, _ in run(streams, AsrStreamAudio(index=i), [f])]
-    assert transcribe.calls == [0.8]  # at the first 0.2 s of silence after the speech
+    assert transcribe.calls == [0.6]  # at the first 0.2 s of silence after the speech
     assert [type(m) for m in out] == [AsrPartial]
-    final, _ = run(streams, AsrStreamEnd(frames=6, speech_end_s=0.6))[0]
-    assert final.text == out[0].text and transcribe.calls == [0.8]  # nothing left to decode at the end
+    final, _ = run(streams, AsrStreamEnd(frames=4, speech_end_s=0.4))[0]
+    assert final.text == out[0].text and transcribe.calls == [0.6]  # nothing left to decode at the end
