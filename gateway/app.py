@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import guard
+from gateway import guard, realtime
 from gateway.bus import Bus
 from gateway.conversations import Conversation, ConversationStore
 from gateway.dispatch import Dispatch, NoWorker
@@ -137,6 +137,13 @@ class Gateway:
             self.bus.disconnect(instance, dead=True)
             for turn in self.live.values():
                 turn.inbox.put_nowait(None)  # let each turn look at what it lost now
+
+    def open_turn(self, conversation: Conversation, number: int, client: str) -> LiveTurn:
+        """A live turn, registered so that its results, a worker's loss and shutdown reach it
+        (the realtime socket's responses and utterances; gateway/realtime/)."""
+        turn = LiveTurn(conversation, number, asyncio.Queue(), client)
+        self.live[(conversation.id, number)] = turn
+        return turn
 
     # --- HTTP: page and status -----------------------------------------------------------------
 
@@ -310,12 +317,18 @@ class Gateway:
         persona = PERSONAS[upload.persona]
         state = TurnState(turn.conversation.id, turn.number, persona.key, persona.voice,
                           list(turn.conversation.history), time.monotonic)
+        return await self.run_turn(turn, state, state.start(upload.pcm), sse, lambda: self._disconnected(request))
+
+    async def run_turn(self, turn: LiveTurn, state: TurnState, first: list, sse, gone) -> bool:
+        """Drive a turn from its first actions to its end, its events to `sse` (anything with the
+        SseWriter's send and keepalive: the realtime socket has its own); gone() says the client
+        left. True only when the answer completed."""
         recovery = Recovery(self.board, self.dispatch, self.settings.stage_wait_s, time.monotonic)
-        pending = deque(state.start(upload.pcm))
+        pending = deque(first)
         last_progress = time.monotonic()
 
         def abandoned() -> bool:  # no use waiting for a stage on behalf of this turn any more
-            return turn.cancelled.is_set() or self._disconnected(request)
+            return turn.cancelled.is_set() or gone()
 
         while True:
             while pending:
@@ -335,7 +348,7 @@ class Gateway:
                 kind = "shutdown" if turn.cancel_reason == SHUTTING_DOWN else "cancelled"
                 await sse.send("error", {"message": turn.cancel_reason, "kind": kind})
                 return False
-            if self._disconnected(request):
+            if gone():
                 return False
             if item is not None and not recovery.on_message(item[0]):
                 last_progress = time.monotonic()
@@ -467,7 +480,9 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     bus = bus or Bus()
     gateway = Gateway(settings, bus)
     app = web.Application(middlewares=[security_headers, gateway.observe.middleware,
-                                       guard.middleware(settings.allowed_hosts, settings.host), json_errors],
+                                       guard.middleware(settings.allowed_hosts, settings.host,
+                                                        {realtime.PATH: settings.realtime.allowed_origins}),
+                                       json_errors],
                           client_max_size=settings.max_upload_bytes + 65536)
     app[GATEWAY] = gateway
     app.router.add_get("/", gateway.index)
@@ -481,6 +496,7 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     app.router.add_get("/metrics", gateway.observe.metrics)
     app.router.add_post("/upload", gateway.upload)
     app.router.add_get("/stream/{session_id}", gateway.stream)
+    realtime.setup(app, gateway, settings.realtime)  # GET /v1/realtime (gateway/realtime/)
 
     async def bus_lifecycle(app: web.Application):
         bus.start(gateway.on_bus_message, gateway.on_bus_connection)

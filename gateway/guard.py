@@ -14,9 +14,10 @@ under a name of its own that it points at 127.0.0.1. So every request passes two
   A request with neither header is not from a browser (curl, s2s-loadtest) and passes: a page
   cannot make a browser leave them out.
 
-`refusal(request, settings)` is the whole check. The HTTP middleware calls it for every route;
-a WebSocket handler (its handshake is a GET with an Origin header) calls the same function before
-it accepts the upgrade.
+`refusal(request, ...)` is the whole check, and the middleware calls it for every route, the
+`/v1/realtime` WebSocket handshake included (a GET with an Origin header). A route may also admit
+browser origins the operator named (`S2S_GATEWAY_REALTIME_ALLOWED_ORIGINS` for the realtime
+socket): another site's page the operator trusts, never a Host that is not the gateway's.
 """
 
 from __future__ import annotations
@@ -81,8 +82,15 @@ def origin_matches(origin: str, host: tuple[str, int | None]) -> bool:
     return url.host.lower().rstrip(".") == name and url.port == (port if port is not None else url.port)
 
 
-def refusal(request: web.BaseRequest, allowed_hosts: tuple[str, ...] = (), bind_host: str = "") -> str | None:
-    """Why the gateway must not answer this request (a message for a 403), or None."""
+def normal_origin(origin: str) -> str:
+    """An Origin as settings list it: lowercased, no trailing slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+def refusal(request: web.BaseRequest, allowed_hosts: tuple[str, ...] = (), bind_host: str = "",
+            allowed_origins: tuple[str, ...] = ()) -> str | None:
+    """Why the gateway must not answer this request (a message for a 403), or None.
+    allowed_origins: browser origins admitted besides the gateway's own (normal_origin form)."""
     headers = request.headers
     raw_host = headers.get("Host")
     host = None
@@ -94,6 +102,8 @@ def refusal(request: web.BaseRequest, allowed_hosts: tuple[str, ...] = (), bind_
             return (f"Host {raw_host[:100]!r} is not a name of this server (set S2S_GATEWAY_ALLOWED_HOSTS "
                     "for a name a reverse proxy uses).")
     origin = headers.get("Origin")
+    if origin is not None and normal_origin(origin) in allowed_origins:
+        return None  # a page the operator let in, on a name of the gateway's own
     if origin is not None and (host is None or not origin_matches(origin, host)):
         return "Requests from other sites are not accepted."
     site = headers.get("Sec-Fetch-Site")
@@ -105,12 +115,15 @@ def refusal(request: web.BaseRequest, allowed_hosts: tuple[str, ...] = (), bind_
     return "Requests from other sites are not accepted."
 
 
-def middleware(allowed_hosts: tuple[str, ...], bind_host: str):
-    """The check on every HTTP route: 403 JSON for a request the gateway must not answer."""
+def middleware(allowed_hosts: tuple[str, ...], bind_host: str,
+               origins_by_path: dict[str, tuple[str, ...]] | None = None):
+    """The check on every HTTP route: 403 JSON for a request the gateway must not answer.
+    origins_by_path: the other browser origins a route admits (path -> origins)."""
+    origins_by_path = origins_by_path or {}
 
     @web.middleware
     async def own_origin_only(request: web.Request, handler):
-        reason = refusal(request, allowed_hosts, bind_host)
+        reason = refusal(request, allowed_hosts, bind_host, origins_by_path.get(request.path, ()))
         if reason is not None:
             return web.json_response({"error": reason}, status=403)
         return await handler(request)

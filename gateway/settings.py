@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gateway.stages import DOWN_AFTER_S, STUCK_AFTER_S
 from gateway.media import BYTES_PER_SECOND
+from gateway.realtime.limits import RealtimeSettings
+from gateway.stages import DOWN_AFTER_S, STUCK_AFTER_S
 from services.runtime.endpoints import MAX_MESSAGE_BYTES
 from services.runtime.errors import ConfigError
 from services.runtime.settings import StageSettings
@@ -25,6 +26,7 @@ class GatewaySettings:
     stuck_after_s: float = STUCK_AFTER_S  # a stage busy this long without any result is stuck
     down_after_s: float = DOWN_AFTER_S  # a worker silent this long (no heartbeat) is down: hung
     max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)  # /v1/realtime's limits
     # Host names the gateway answers to besides localhost and the address a connection came in on
     # (a reverse proxy's public name): any other Host header is refused (DNS rebinding).
     allowed_hosts: tuple[str, ...] = ()
@@ -82,4 +84,5 @@ class GatewaySettings:
             sse_write_timeout_s=s.get_float("SSE_WRITE_TIMEOUT_S", d.sse_write_timeout_s),
             max_conversations=s.get_int("MAX_CONVERSATIONS", d.max_conversations),
             max_conversations_per_client=s.get_int("MAX_CONVERSATIONS_PER_CLIENT", d.max_conversations_per_client),
+            realtime=RealtimeSettings.from_env(s),
         )

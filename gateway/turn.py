@@ -50,9 +50,12 @@ class _Sentence:
 
 class TurnState:
     def __init__(self, session: str, turn: int, persona: str, voice: str, history: list[ChatMessage],
-                 clock, max_new_tokens: int = 220):
+                 clock, max_new_tokens: int = 220, instructions: str = "", wav_chunks: bool = True):
         self.session, self.turn = session, turn
         self.persona, self.voice = persona, voice
+        self.instructions = instructions  # "" : the persona's own prompt
+        # chunks as base64 WAV files (SSE) or, for the realtime socket, as raw PCM with its rate
+        self.wav_chunks = wav_chunks
         self.history = history
         self.max_new_tokens = max_new_tokens
         self.clock = clock
@@ -102,6 +105,11 @@ class TurnState:
     def start(self, pcm: bytes) -> list[Action]:
         self.pcm = pcm
         return self.requests_on("asr")
+
+    def start_reply(self, user_text: str) -> list[Action]:
+        """Answer a transcript the caller already has (the realtime socket recognises speech
+        itself): the turn starts at the LLM."""
+        return self._on_transcript(AsrFinal(text=user_text, compute_s=0.0, audio_s=0.0))
 
     def requests_on(self, stage: str) -> list[Send]:
         """The turn's requests the stage has not finished, as they were sent. Sent again to a
@@ -161,7 +169,8 @@ class TurnState:
         self.phase = "llm"
         history = [*self.history, ChatMessage("user", self.user_text)]
         self.llm_request = self._ids(LlmRequest(persona=self.persona, history=history,
-                                                max_new_tokens=self.max_new_tokens))
+                                                max_new_tokens=self.max_new_tokens,
+                                                instructions=self.instructions))
         self.pcm = b""
         return actions + [Send("llm", self.llm_request)]
 
@@ -215,8 +224,11 @@ class TurnState:
         if self.chunks == 0:
             self.timing["tts_first_chunk"] = part.compute_s
             self.timing["first_audio"] = round(self.clock() - self.started, 4)
-        data = {"index": self.chunks, "b64": base64.b64encode(wav_bytes(pcm, part.sample_rate)).decode("ascii"),
-                "text": sentence.text if part.part == 0 else ""}
+        data = {"index": self.chunks, "text": sentence.text if part.part == 0 else ""}
+        if self.wav_chunks:
+            data["b64"] = base64.b64encode(wav_bytes(pcm, part.sample_rate)).decode("ascii")
+        else:
+            data.update(pcm=pcm, sample_rate=part.sample_rate)
         self.chunks += 1
         return Emit("chunk", data)
 

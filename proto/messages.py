@@ -10,7 +10,7 @@ import msgspec
 PROTOCOL_VERSION = 1
 
 # How many raw payload frames follow the header, per tag. Anything else is malformed.
-_PAYLOAD_FRAMES = {"asr.request": 1, "tts.audio": 1}
+_PAYLOAD_FRAMES = {"asr.request": 1, "asr.stream.audio": 1, "tts.audio": 1}
 
 
 class ProtocolError(ValueError):
@@ -49,10 +49,37 @@ class AsrFinal(Envelope, tag="asr.final"):
     audio_s: float
 
 
+# --- streaming ASR (the realtime socket): one utterance as it is spoken ------------------------
+# asr.stream.start, asr.stream.audio*, asr.stream.end share the session and turn; every one of
+# them must reach the same worker. Results: asr.partial* then one asr.final.
+
+
+class AsrStreamStart(Envelope, tag="asr.stream.start"):
+    sample_rate: int = 16000
+
+
+class AsrStreamAudio(Envelope, tag="asr.stream.audio"):
+    """Payload: the next frame of 16-bit little-endian mono PCM of the utterance."""
+
+    index: int  # 0, 1, ... within the utterance; a gap means a frame was lost
+
+
+class AsrStreamEnd(Envelope, tag="asr.stream.end"):
+    frames: int  # how many audio frames were sent
+    speech_end_s: float = -1.0  # where speech ended in the utterance (the VAD's), -1 = unknown
+
+
+class AsrPartial(Envelope, tag="asr.partial"):
+    text: str  # the transcript of the utterance so far (may still change)
+    audio_s: float  # how much of the utterance it covers
+    compute_s: float
+
+
 class LlmRequest(Envelope, tag="llm.request"):
     persona: str
     history: list[ChatMessage]  # bounded history, the new user message last
     max_new_tokens: int = 220
+    instructions: str = ""  # replaces the persona's prompt when set (the realtime session's)
 
 
 class LlmSentence(Envelope, tag="llm.sentence"):
@@ -153,9 +180,12 @@ class StageBye(Envelope, tag="stage.bye"):
 
 
 Message = (
-    AsrRequest | AsrFinal | LlmRequest | LlmSentence | LlmDone | TtsRequest | TtsAudio | TtsDone
+    AsrRequest | AsrFinal | AsrStreamStart | AsrStreamAudio | AsrStreamEnd | AsrPartial | LlmRequest | LlmSentence | LlmDone | TtsRequest | TtsAudio | TtsDone
     | TurnCancel | StageHello | StageReady | StageHeartbeat | StageError | StageBye
 )
+
+# What the ASR stage takes: a whole recording, or an utterance streamed as it is spoken.
+ASR_REQUESTS = (AsrRequest, AsrStreamStart, AsrStreamAudio, AsrStreamEnd)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -524,6 +524,18 @@ def test_cli_unknown_artifact(env, capsys):
     assert "unknown artifact 'no-such-model'" in capsys.readouterr().err
 
 
+def test_cli_prepare_assembles_the_gateways_artifacts_too(env, capsys, monkeypatch):
+    """run.sh's `s2s-models prepare` gives a fresh machine the turn-detection models as well."""
+    monkeypatch.setattr(cli, "stage_plan", lambda prepare=False, log_line=None: [])  # stages: other tests
+    monkeypatch.setattr(artifacts, "GATEWAY_ARTIFACTS", ("fake-model",))
+    assert cli.main(["--models-dir", str(env.models), "prepare"]) == 0
+    assert f"gateway: fake-model at {env.models / 'fake-model'}" in capsys.readouterr().out
+    assert store.status("fake-model")["verified"]
+    monkeypatch.setattr(artifacts, "GATEWAY_ARTIFACTS", ("fake-model", "no-such-model"))  # one fails: exit 1
+    assert cli.main(["--models-dir", str(env.models), "prepare"]) == 1
+    assert "gateway: no-such-model  (error: unknown model artifact" in capsys.readouterr().out
+
+
 def test_cli_status_json(env, capsys, monkeypatch):
     import json
 
@@ -541,7 +553,8 @@ def test_cli_status_json(env, capsys, monkeypatch):
 
 def test_real_artifact_table_is_consistent():
     real = artifacts.ARTIFACTS
-    assert set(real) == {"whisper-base-ct2", "whisper-base-openai", "smollm2-135m-instruct", "kokoro-82m-onnx"}
+    assert set(real) == {"whisper-base-ct2", "whisper-base-openai", "smollm2-135m-instruct", "kokoro-82m-onnx",
+                         "silero-vad", "smart-turn-v3.2"}
     for art in real.values():
         assert art.licence and art.description
         for spec in art.files:
@@ -562,3 +575,13 @@ def test_real_artifact_table_is_consistent():
     voices = [f for (a, p), f in by_file.items() if a == "kokoro-82m-onnx" and p.startswith("voices/")]
     assert len(voices) == 10 and all(f.size == 522_240 for f in voices)
     assert real["whisper-base-openai"].converter == "services.models.whisper_ct2:convert"
+    # turn detection (gateway/listening): one file each, straight out of the wheel
+    silero = by_file["silero-vad", "silero_vad.onnx"]
+    assert silero.size == 2_327_524 and silero.sha256.startswith("1a153a22f4509e29")
+    assert silero.parts[0].package.spec == "silero-vad==6.2.3"
+    assert silero.parts[0].member == "silero_vad/data/silero_vad.onnx"
+    turn = by_file["smart-turn-v3.2", "smart-turn-v3.2-cpu.onnx"]
+    assert turn.size == 8_679_182 and turn.sha256.startswith("2bb026316b14a660")
+    assert turn.parts[0].package.spec == "pipecat-ai==1.14.0"
+    assert turn.parts[0].member == "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+    assert artifacts.GATEWAY_ARTIFACTS == ("silero-vad", "smart-turn-v3.2")

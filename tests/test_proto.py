@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import proto
-from proto.messages import (PROTOCOL_VERSION, AsrFinal, AsrRequest, ChatMessage, LlmDone, LlmRequest, LlmSentence,
+from proto.messages import (PROTOCOL_VERSION, AsrFinal, AsrPartial, AsrRequest, AsrStreamAudio, AsrStreamEnd,
+                            AsrStreamStart, ChatMessage, LlmDone, LlmRequest, LlmSentence,
                             ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsAudio,
                             TtsDone, TtsRequest, TurnCancel, decode, encode, tag_of)
 
@@ -13,6 +14,10 @@ ENVELOPE = dict(session="conv-1", turn=3, seq=7, sent=12.5, deadline=99.0, produ
 EXAMPLES = [
     (AsrRequest(sample_rate=16000, **ENVELOPE), (b"\x01\x00\x02\x00",)),
     (AsrFinal(text="hello", compute_s=0.3, audio_s=2.0, **ENVELOPE), ()),
+    (AsrStreamStart(sample_rate=16000, **ENVELOPE), ()),
+    (AsrStreamAudio(index=0, **ENVELOPE), (b"\x01\x00\x02\x00",)),
+    (AsrStreamEnd(frames=1, speech_end_s=0.5, **ENVELOPE), ()),
+    (AsrPartial(text="hel", audio_s=1.0, compute_s=0.2, **ENVELOPE), ()),
     (LlmRequest(persona="astronaut", history=[ChatMessage("user", "hi")], max_new_tokens=220, **ENVELOPE), ()),
     (LlmSentence(index=0, text="Hi there.", elapsed_s=0.2, **ENVELOPE), ()),
     (LlmDone(full_text="Hi there.", sentences=1, tokens=4, compute_s=0.5, first_sentence_s=0.2, **ENVELOPE), ()),
@@ -38,7 +43,8 @@ def test_round_trip(message, payload):
 def test_every_tag_is_covered():
     tags = {tag_of(m) for m, _ in EXAMPLES}
     assert tags == {
-        "asr.request", "asr.final", "llm.request", "llm.sentence", "llm.done", "tts.request", "tts.audio",
+        "asr.request", "asr.final", "asr.stream.start", "asr.stream.audio", "asr.stream.end", "asr.partial",
+        "llm.request", "llm.sentence", "llm.done", "tts.request", "tts.audio",
         "tts.done", "turn.cancel", "stage.hello", "stage.ready", "stage.heartbeat", "stage.error", "stage.bye",
     }
 
@@ -64,6 +70,19 @@ def test_golden_bytes():
         "inbox": "ipc:///r/tts-7.in", "v": 1, "session": "", "turn": 0, "seq": 0, "sent": 0.0, "deadline": 0.0,
         "producer": "",
     }
+
+
+def test_golden_bytes_of_a_streamed_utterance():
+    """The streaming ASR messages on the wire (proto/README.md, "Streaming ASR")."""
+    header, payload = encode(AsrStreamAudio(index=2, session="c", turn=4), b"\x01\x00")
+    assert header.hex() == (
+        "89a3746167b06173722e73747265616d2e617564696fa5696e64657802a17601a773657373696f6ea163a47475726e04"
+        "a373657100a473656e74cb0000000000000000a8646561646c696e65cb0000000000000000a870726f6475636572a0"
+    )
+    assert payload == b"\x01\x00"
+    assert msgspec.msgpack.decode(encode(AsrStreamEnd(frames=3, speech_end_s=0.5))[0]) == {
+        "tag": "asr.stream.end", "frames": 3, "speech_end_s": 0.5, "v": 1, "session": "", "turn": 0, "seq": 0,
+        "sent": 0.0, "deadline": 0.0, "producer": ""}
 
 
 def test_version_is_always_encoded():

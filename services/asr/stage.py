@@ -1,4 +1,9 @@
-"""ASR stage: 16 kHz mono PCM in, transcript and its compute time out."""
+"""ASR stage: 16 kHz mono PCM in, transcript and its compute time out.
+
+A whole recording (asr.request) gets one asr.final. An utterance streamed while it is spoken
+(asr.stream.start, asr.stream.audio*, asr.stream.end; see proto/README.md) is transcribed as it
+grows, so that the final transcript is ready almost as soon as the speaker stops (services/asr/streams.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from proto import AsrFinal, AsrRequest
+from proto import ASR_REQUESTS, AsrFinal, AsrRequest, AsrStreamAudio, AsrStreamEnd, AsrStreamStart
+from services.asr.streams import Streams
 from services.runtime.audio import float_to_pcm16, pcm16_to_float
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_asr
@@ -19,7 +25,8 @@ SAMPLE_RATE = 16000
 
 class AsrStage(BackendStage):
     name = "asr"
-    request_type = AsrRequest
+    request_type = ASR_REQUESTS
+    INBOX = 64  # a streamed utterance is many small messages (about five a second each)
     BACKENDS = {
         "openai-whisper": "services.asr.backends:OpenAIWhisperBackend",
         "faster-whisper": "services.asr.backends:FasterWhisperBackend",
@@ -27,12 +34,22 @@ class AsrStage(BackendStage):
     DEFAULT_BACKEND = "openai-whisper"
     planner = staticmethod(plan_asr)
 
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.streams = Streams(self._transcribe)
+
     def warmup_request(self):
         # one second of faint noise: exercises the mel front end, the encoder and the decoder
         noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
         return AsrRequest(session="warm-up"), [float_to_pcm16(noise)]
 
-    def handle(self, request: AsrRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+    def _transcribe(self, audio: np.ndarray) -> str:
+        return self.backend.transcribe(audio)
+
+    def handle(self, request, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+        if isinstance(request, (AsrStreamStart, AsrStreamAudio, AsrStreamEnd)):
+            yield from self.streams.handle(request, payload, turn)
+            return
         if request.sample_rate != SAMPLE_RATE:
             raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")
         try:
@@ -40,6 +57,6 @@ class AsrStage(BackendStage):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         started = time.monotonic()
-        text = self.backend.transcribe(audio)
+        text = self._transcribe(audio)
         yield AsrFinal(text=text, compute_s=round(time.monotonic() - started, 4),
                        audio_s=round(len(audio) / SAMPLE_RATE, 3)), ()

@@ -10,7 +10,7 @@ from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
 from services.llm import openai_compatible
 from services.llm.chunker import CHUNKING_MODES, iter_chunks
 from services.llm.limits import CANCEL, END_OF_TEXT, TOKEN_CAP, ReplyRules
-from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES, PERSONAS, system_prompt
+from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES, PERSONAS, SPOKEN_RULE, system_prompt
 from services.runtime.errors import BadRequest, ConfigError
 from services.runtime.logs import turn_fields
 from services.models.resolve import plan_llm
@@ -65,7 +65,8 @@ class LlmStage(BackendStage):
             raise BadRequest("the history must end with the user's message")
         if any(m.role not in ROLES for m in history):
             raise BadRequest("history roles must be user or assistant")
-        return [{"role": "system", "content": system_prompt(request.persona)}] + [
+        system = request.instructions + SPOKEN_RULE if request.instructions else system_prompt(request.persona)
+        return [{"role": "system", "content": system}] + [
             {"role": m.role, "content": m.content} for m in history
         ]
 

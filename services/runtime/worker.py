@@ -125,6 +125,11 @@ class TurnContext:
     def should_stop(self) -> bool:
         return self.stale_reason() is not None
 
+    def is_live(self, session: str, turn: int) -> bool:
+        """Whether another turn is still wanted (a stage that keeps state across requests, as
+        ASR keeps streamed utterances, forgets those of cancelled turns)."""
+        return self._book.is_live(session, turn)
+
 
 class Worker:
     def __init__(self, stage: Stage, settings: StageSettings):

@@ -8,8 +8,8 @@ import time
 import zmq
 
 import proto
-from proto import (AsrFinal, AsrRequest, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
-                   TtsAudio, TtsDone, TtsRequest, TurnCancel)
+from proto import (AsrFinal, AsrPartial, AsrRequest, AsrStreamAudio, AsrStreamEnd, LlmDone, LlmRequest, LlmSentence,
+                   StageHeartbeat, StageHello, StageReady, TtsAudio, TtsDone, TtsRequest, TurnCancel)
 from services.runtime.endpoints import STAGES, events_endpoint, inbox_endpoint
 
 
@@ -20,7 +20,6 @@ class FakeStages:
     def __init__(self, environ: dict[str, str], transcript: str = "What is the capital of France?",
                  sentences: tuple[str, ...] = ("Paris is the capital of France.", "It is lovely."),
                  stages: tuple[str, ...] = STAGES, name: str = "fake"):
-        """name: names its workers (name-asr, ...), so that two of them are two workers of a stage."""
         self.environ = environ
         self.instances = {stage: f"{name}-{stage}" for stage in stages}
         self.transcript = transcript
@@ -28,9 +27,11 @@ class FakeStages:
         self.stages = stages
         self.llm_requests: list[LlmRequest] = []
         self.tts_requests: list[TtsRequest] = []
+        self.asr_streams: list[AsrStreamEnd] = []  # streamed utterances, by their end
         self.cancels: dict[str, list[TurnCancel]] = {stage: [] for stage in stages}  # as each stage heard them
         self.received: list[tuple[str, object]] = []  # (stage, message): everything its inboxes took
         self.tts_delay = 0.0
+        self.hold_tts = False  # hold every sentence but a turn's first until this is lifted (loop stays live)
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
         self.held: list = []  # the requests a silent stage took: (message, payload)
         self.answer_held = threading.Event()  # set: they are answered now, late
@@ -75,6 +76,38 @@ class FakeStages:
         for stage in self.stages:
             send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0, inbox=inboxes[stage]))
             send(StageReady(stage=stage, backend="fake", model="fake", device="cpu", load_s=0.0))
+        def speak(request):
+            pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
+            send(TtsAudio(index=request.index, part=0, text=request.text, sample_rate=24000,
+                          compute_s=0.01), pcm, reply_to=request)
+            send(TtsDone(index=request.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=request)
+
+        held = []  # TTS requests waiting for hold_tts to be lifted
+
+        def answer(message, payload) -> None:
+            """A request answered as the stage would, at once (TTS after tts_delay, or held)."""
+            if isinstance(message, AsrRequest):
+                send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
+                     reply_to=message)
+            elif isinstance(message, AsrStreamAudio) and message.index == 0:  # one partial per utterance
+                send(AsrPartial(text=self.transcript.split()[0], audio_s=0.2, compute_s=0.01), reply_to=message)
+            elif isinstance(message, AsrStreamEnd):
+                self.asr_streams.append(message)
+                send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=message.frames * 0.2),
+                     reply_to=message)
+            elif isinstance(message, LlmRequest):
+                self.llm_requests.append(message)
+                for i, text in enumerate(self.sentences):
+                    send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
+                send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
+                             compute_s=0.02, first_sentence_s=0.01), reply_to=message)
+            elif isinstance(message, TtsRequest):
+                self.tts_requests.append(message)
+                if self.hold_tts and message.index > 0:
+                    held.append(message)
+                    return
+                time.sleep(self.tts_delay)
+                speak(message)
         next_beat = 0.0
         while not self.stop.is_set():
             if time.monotonic() > next_beat:
@@ -83,40 +116,22 @@ class FakeStages:
                 next_beat = time.monotonic() + 0.5
             if self.answer_held.is_set():
                 self.answer_held.clear()
-                held, self.held = self.held, []
-                for message, payload in held:
-                    self._answer(message, payload, send)
+                late, self.held = self.held, []
+                for message, payload in late:
+                    answer(message, payload)
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
                 stage = pulls[sock]
                 self.received.append((stage, message))
                 if isinstance(message, TurnCancel):
                     self.cancels[stage].append(message)
-                    continue
-                if stage in self.silent:
+                elif stage in self.silent:
                     self.held.append((message, payload))
-                    continue
-                self._answer(message, payload, send)
+                else:
+                    answer(message, payload)
+            while held and not self.hold_tts:
+                speak(held.pop(0))
         push.close(0)
         for sock in pulls:  # the stages' inboxes
             sock.close(0)
         ctx.term()
-
-    def _answer(self, message, payload, send) -> None:
-        """A request answered as the stage would, at once (TTS after tts_delay)."""
-        if isinstance(message, AsrRequest):
-            send(AsrFinal(text=self.transcript, compute_s=0.01, audio_s=len(payload[0]) / 32000),
-                 reply_to=message)
-        elif isinstance(message, LlmRequest):
-            self.llm_requests.append(message)
-            for i, text in enumerate(self.sentences):
-                send(LlmSentence(index=i, text=text, elapsed_s=0.01), reply_to=message)
-            send(LlmDone(full_text=" ".join(self.sentences), sentences=len(self.sentences), tokens=10,
-                         compute_s=0.02, first_sentence_s=0.01), reply_to=message)
-        elif isinstance(message, TtsRequest):
-            self.tts_requests.append(message)
-            time.sleep(self.tts_delay)
-            pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
-            send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
-                          compute_s=0.01), pcm, reply_to=message)
-            send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
