@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -150,9 +151,12 @@ def test_hands_free_two_questions_get_two_answers_with_nothing_pressed(playwrigh
         shots(t.page, "hands-free")
         turns = answers(t)
         assert len(turns) == 2, turns
-        for turn in turns:
-            assert turn["user"].strip() and turn["reply"].strip(), turns
-            assert turn["latency"]["first_audio"] > 0, turns  # from the end of speech to the first sound
+        assert all(turn["user"].strip() and turn["reply"].strip() for turn in turns), turns
+        # the second question may come while the first answer plays: then it interrupts that one
+        first, second = turns
+        assert first["note"] in ("", "Interrupted."), turns
+        assert first["note"] or first["latency"]["first_audio"] > 0, turns
+        assert second["latency"]["first_audio"] > 0 and not second["note"], turns  # from the end of speech
         assert not marks(t, "press") and not marks(t, "release")
         sent = [s[1] for s in t.js("() => s2s.sent")]
         assert sent[0] == "session.update" and "input_audio_buffer.commit" not in sent  # the server found the turns
@@ -175,7 +179,7 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
         t.wait("""() => { const now = performance.now(), c = s2s.chunks.filter(c => c.startedAt !== null);
                           return c.length && c.filter(x => x.sessionId === c[0].sessionId).reduce((heard, x) =>
                               heard + Math.max(0, Math.min(now, x.startedAt + x.duration) - x.startedAt), 0) >= 2300; }""",
-               TURN_MS)
+               2 * TURN_MS)
         t.js("() => s2sTestMic.say(1)")
         t.wait("() => s2s.marks.some(m => m.name === 'interrupted')", TURN_MS)
         t.wait("() => s2s.marks.filter(m => m.name === 'done').length >= 1 && s2s.state === 'listening'", TURN_MS)
@@ -201,13 +205,24 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
         assert len(truncate) == 1, truncate
         played_ms = truncate[0]["audio_end_ms"]
         assert abs(played_ms - sum(c["endedAt"] - c["startedAt"] for c in heard)) < 60, (played_ms, heard)
-        # ... and the second answer was given knowing only that part: the same conversation replayed
-        # on a socket of its own gives the same reply with the same truncation, another without it
+        # ... less than it had received, the server took it (conversation.item.truncated) before
+        # the second answer started, and that answer is the one a conversation truncated there
+        # gives: the same conversation replayed on a socket of its own
+        # (the tiny model's reply does not change with the length of the first answer, so this
+        # cannot tell a truncated context from a whole one: the server's tests check that part)
+        assert played_ms < sum(c["duration"] for c in chunks) - 100, (played_ms, chunks)
+        truncated = marks(t, "truncated")
+        answered = t.js("id => s2s.chunks.find(c => c.sessionId === id).arrivedAt", t.js("() => s2s.sessionId"))
+        assert len(truncated) == 1 and truncated[0]["at"] < answered, (truncated, answered)
         persona = t.js("() => document.getElementById('persona').value")
-        replay = asyncio.run(replay_second_answer(product.url, persona, first["user"], second["user"], played_ms))
-        untruncated = asyncio.run(replay_second_answer(product.url, persona, first["user"], second["user"], None))
+        replay = replayed(product.url, persona, first["user"], second["user"], played_ms)
         assert second["reply"].strip() == replay, (second, replay)
-        assert untruncated != replay, "the truncation must change what the next answer knows"
+
+
+def replayed(*args) -> str:
+    """replay_second_answer on a thread of its own (Playwright's sync API holds this one's loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, replay_second_answer(*args)).result(timeout=300)
 
 
 async def replay_second_answer(url: str, persona: str, first: str, second: str, truncate_ms: int | None) -> str:

@@ -70,7 +70,8 @@ const app = {
 //   chunks: each audio chunk received: {sessionId, index, bytes, live, arrivedAt, duration,
 //           startedAt, endedAt, gap, stopped} (player.js fills in the playback times);
 //   marks:  {name, at, sessionId}: press, release, upload, speech_started, speech_stopped,
-//           transcript, done, error, stop, interrupted;
+//           transcript, done, error, stop, interrupted, ignored (a short sound in an
+//           answer's first seconds), truncated (the server cut an answer to what was heard);
 //   sent:   [at, type, fields] of each realtime command but audio.
 const debug = {
   chunks: [], marks: [], sent: [],
@@ -257,11 +258,16 @@ function playChunk(turn, buffer, entry) {
   render();
 }
 
+// realtime transcript deltas carry their own leading space, an upload's chunk texts do not
+function joinWords(shown, more) {
+  return (shown + " " + more).replace(/\s+/g, " ").trim();
+}
+
 // the answer's words appear as their audio starts
 function onChunkStart(entry) {
   const turn = app.turns[entry.sessionId] || app.turn;
   if (!turn || turn.key !== entry.sessionId || !entry.text) return render();
-  turn.shownText = (turn.shownText + " " + entry.text).trim();
+  turn.shownText = joinWords(turn.shownText, entry.text);
   view.setText(turn.view.replyText, turn.shownText);
   render();
 }
@@ -462,13 +468,17 @@ const realtimeHandlers = {
       showError(stage + (error.message || "The assistant failed."));
     }
     if (turn.pendingText && !turn.stopped) {                   // words with no audio of their own
-      turn.shownText = (turn.shownText + " " + turn.pendingText).trim();
+      turn.shownText = joinWords(turn.shownText, turn.pendingText);
       turn.pendingText = "";
       view.setText(turn.view.replyText, turn.shownText);
     }
     if (turn.firstAudioAt !== null) showLatency(turn);
     if (app.voice && turn.firstAudioAt !== null) view.setSpokenVoice(turn.view, app.voice);  // the session's voice
     endTurn(turn);
+  },
+
+  onTruncated({ itemId }) {
+    mark("truncated", itemId);
   },
 
   onError(error) {

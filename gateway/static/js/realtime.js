@@ -57,7 +57,7 @@ export class RealtimeClient {
           this.setPhase("closed");
         }
         if (!ready) reject(new Error("Could not open the realtime connection to the gateway."));
-        else this.h.onClosed({ code: e.code, reason: e.reason, wasOpen, mine: this.closing !== ws });
+        else if (this.closing !== ws) this.h.onClosed({ code: e.code, reason: e.reason, wasOpen });  // not asked for
       };
     });
   }
@@ -137,6 +137,9 @@ export class RealtimeClient {
         delete this.answerItem[r.id];
         break;
       }
+      case "conversation.item.truncated":
+        h.onTruncated({ itemId: ev.item_id, audioEndMs: ev.audio_end_ms });
+        break;
       case "error":
         h.onError(ev.error || {});
         break;
