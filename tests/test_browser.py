@@ -170,7 +170,7 @@ class Tab:
         self.wait(f"() => document.querySelectorAll('#conversation > li').length > {turns}", 10_000)
 
     def turn(self, key: bool = False) -> dict:
-        """One whole turn; the page's view of it once `done` came (audio may still be playing)."""
+        """One whole turn; the page's view of it once `done` came and its audio played."""
         self.hold_to_talk(key)
         return self.wait_done()
 
@@ -181,6 +181,8 @@ class Tab:
             return m && {name: m.name, status: document.getElementById('status').textContent};
         }""", timeout_ms)
         assert ending["name"] == "done", ending
+        # the answer's words appear as their audio plays: all of them once it has played
+        self.wait("() => !['speaking', 'thinking'].includes(s2s.state)", timeout_ms)
         return self.last_turn()
 
     def last_turn(self) -> dict:
