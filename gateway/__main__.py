@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -17,6 +18,9 @@ log = logging.getLogger("s2s.gateway")
 
 
 def run() -> None:
+    argparse.ArgumentParser(prog="s2s-gateway", description="Serve the page and the API, and bind the bus. "
+                            "Settings come from S2S_GATEWAY_* and S2S_* environment variables (README, "
+                            "Settings).").parse_args()
     configure_logging("gateway")  # JSON lines on stderr (S2S_LOG_FORMAT=text: plain)
     try:
         settings = GatewaySettings.from_env()

@@ -15,15 +15,16 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import realtime
-from gateway.bus import Bus, StageUnavailable
+from gateway.bus import Bus
 from gateway.conversations import Conversation, ConversationStore
+from gateway.dispatch import Dispatch, NoWorker
 from gateway.media import MediaError, decode_to_pcm
 from gateway.observe import GatewayObserver
 from gateway.recovery import Recovery
 from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
-from proto import Envelope, TurnCancel, tag_of
+from proto import Envelope, StageBye, StageHeartbeat, StageHello, tag_of
 from services.personas import DEFAULT_PERSONA, PERSONAS
 
 log = logging.getLogger("s2s.gateway")
@@ -34,9 +35,6 @@ CSP = ("default-src 'self'; media-src 'self' blob: data:; img-src 'self' data:; 
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 TICK_S = 0.25  # how often a waiting stream checks for disconnects and timeouts
 PING_S = 15.0
-# a send finding no worker connected while the stage looks ready: how long until the closed
-# connection of one that just died is seen (the bus polls connection events every 50 ms)
-NO_WORKER_GRACE_S = 1.0
 SHUTDOWN_GRACE_S = 3.0  # for open streams to send their error event; well within supervisor's stopwaitsecs
 GATEWAY = web.AppKey("gateway", "Gateway")
 CANCELLED = "The turn was cancelled."
@@ -89,6 +87,7 @@ class Gateway:
         self.settings = settings
         self.bus = bus
         self.board = StageBoard(stuck_after_s=settings.stuck_after_s)
+        self.dispatch = Dispatch(self.board, bus)  # which worker gets, and holds, each request
         self.conversations = ConversationStore()
         self.uploads: dict[str, Upload] = {}
         self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409
@@ -96,7 +95,7 @@ class Gateway:
         self.by_session: dict[str, LiveTurn] = {}
         self.decoding: Counter[str] = Counter()  # client address -> uploads being read or decoded
         self.late_results = 0  # results for turns that had already ended: dropped
-        self.resent_requests = 0  # requests sent again to a restarted stage
+        self.resent_requests = 0  # requests sent again because the worker holding them was lost
         self.shutting_down = False
         self.observe = GatewayObserver(self)  # metrics and turn logs (gateway/observe.py)
 
@@ -108,23 +107,34 @@ class Gateway:
         stage = getattr(message, "stage", None) or tag_of(message).split(".", 1)[0]
         self.board.seen(stage, message.producer)
         self.board.update(message)
+        # the worker's inbox, connected to once (a gateway that restarted after the hello learns it from a beat)
+        announces_inbox = isinstance(message, (StageHello, StageHeartbeat)) and message.inbox
+        if announces_inbox and not self.board.is_gone(message.producer):
+            self.bus.connect(message.producer, message.inbox)
+        elif isinstance(message, StageBye):
+            self.bus.disconnect(message.producer)
         if message.session:
             self.board.result_seen(stage, message.producer)
+            self.dispatch.finished(stage, message)
             turn = self.live.get((message.session, message.turn))
             if turn is not None:
                 turn.inbox.put_nowait((message, payload))
             else:
                 self.late_results += 1
 
-    def on_bus_peer(self, stage: str, joined: bool, pid: int = 0) -> None:
-        self.board.peer(stage, joined, pid)
-        if not joined:
+    def on_bus_connection(self, instance: str, connected: bool) -> None:
+        self.board.connection(instance, connected)
+        if not connected:  # the worker's process is gone
+            self.bus.disconnect(instance, dead=True)
             for turn in self.live.values():
                 turn.inbox.put_nowait(None)  # let each turn look at what it lost now
 
-    def cancel_on_stages(self, session: str, turn: int, reason: str) -> None:
-        """To every worker of every stage: whichever holds the turn's work stops it."""
-        self.bus.broadcast(TurnCancel(session=session, turn=turn, reason=reason, sent=time.monotonic()))
+    def open_turn(self, conversation: Conversation, number: int, client: str) -> LiveTurn:
+        """A live turn, registered so that its results, a worker's loss and shutdown reach it
+        (the realtime socket's responses and utterances; gateway/realtime/)."""
+        turn = LiveTurn(conversation, number, asyncio.Queue(), client)
+        self.live[(conversation.id, number)] = turn
+        return turn
 
     # --- HTTP: page and status -----------------------------------------------------------------
 
@@ -136,7 +146,10 @@ class Gateway:
         return web.json_response({"personas": personas, "default_persona": DEFAULT_PERSONA})
 
     async def stages(self, request: web.Request) -> web.Response:
-        return web.json_response(finite({"stages": self.board.snapshot(), "dropped_frames": self.bus.dropped_frames,
+        snapshot, holding = self.board.snapshot(), self.dispatch.holding()
+        for worker in (w for info in snapshot.values() for w in info["workers"]):
+            worker["holding"] = holding[worker["instance"]]  # unfinished requests the gateway sent it
+        return web.json_response(finite({"stages": snapshot, "dropped_frames": self.bus.dropped_frames,
                                          "late_results": self.late_results, "resent_requests": self.resent_requests,
                                          "live_turns": len(self.live)}))
 
@@ -291,7 +304,8 @@ class Gateway:
             if conversation.active_turn == number:
                 conversation.active_turn = None
             if not finished:
-                self.cancel_on_stages(conversation.id, number, "stream closed")
+                self.dispatch.cancel(conversation.id, number, "stream closed")  # to the workers holding its work
+            self.dispatch.end_turn(conversation.id, number)
         return sse.response
 
     async def _drive(self, request: web.Request, turn: LiveTurn, upload: Upload, sse: "SseWriter") -> bool:
@@ -305,7 +319,7 @@ class Gateway:
         """Drive a turn from its first actions to its end, its events to `sse` (anything with the
         SseWriter's send and keepalive: the realtime socket has its own); gone() says the client
         left. True only when the answer completed."""
-        recovery = Recovery(self.board, self.settings.stage_wait_s, time.monotonic)
+        recovery = Recovery(self.board, self.dispatch, self.settings.stage_wait_s, time.monotonic)
         pending = deque(first)
         last_progress = time.monotonic()
 
@@ -317,7 +331,7 @@ class Gateway:
                 action = pending.popleft()
                 if isinstance(action, Send):
                     self.observe.sending(action)
-                    pending.extend(await self._send(state, action, recovery, abandoned))
+                    pending.extend(await self._send(state, action, abandoned))
                 elif isinstance(action, Emit):
                     if not await sse.send(action.event, action.data):
                         return False
@@ -363,30 +377,22 @@ class Gateway:
         state = self.board.state(stage)
         return state in ("loading", "draining") or (state == "down" and not self.board.has_workers(stage))
 
-    async def _send(self, state: TurnState, action: Send, recovery: Recovery, abandoned) -> list:
-        """Send to a stage, waiting a while for one that is loading or restarting; [] on success."""
+    async def _send(self, state: TurnState, action: Send, abandoned) -> list:
+        """Send to the stage's least loaded ready worker, waiting a while for a stage that is
+        loading or restarting; [] on success. A worker that died a moment ago may still be chosen:
+        its closed connection then shows it gone, and the turn's recovery re-sends what it held."""
         deadline = time.monotonic() + self.settings.stage_wait_s
-        no_worker_since = None
-        while True:
-            while (not self.board.is_ready(action.stage) and time.monotonic() < deadline
-                   and self._will_be_ready(action.stage) and not self.shutting_down and not abandoned()):
-                await asyncio.sleep(0.1)
-            if not self.board.is_ready(action.stage):
-                return state.on_stage_down(action.stage, self.board.state(action.stage))
-            action.message.sent = time.monotonic()
-            try:
-                self.bus.send(action.stage, action.message, *action.payload)
-            except StageUnavailable as exc:
-                # A worker killed a moment ago looks ready until its closed connection is seen
-                # (within NO_WORKER_GRACE_S); then the stage is restarting and is waited for above.
-                no_worker_since = no_worker_since or time.monotonic()
-                if (not self.shutting_down and not abandoned()
-                        and time.monotonic() - no_worker_since < NO_WORKER_GRACE_S):
-                    await asyncio.sleep(0.05)
-                    continue
-                return state.on_stage_down(action.stage, str(exc))
-            recovery.sent(action.stage, action.message)
-            return []
+        while (not self.board.is_ready(action.stage) and time.monotonic() < deadline
+               and self._will_be_ready(action.stage) and not self.shutting_down and not abandoned()):
+            await asyncio.sleep(0.1)
+        if not self.board.is_ready(action.stage):
+            return state.on_stage_down(action.stage, self.board.state(action.stage))
+        action.message.sent = time.monotonic()
+        try:
+            self.dispatch.send(action.stage, action.message, *action.payload)
+        except NoWorker as exc:
+            return state.on_stage_down(action.stage, str(exc))
+        return []
 
     @staticmethod
     async def _next(turn: LiveTurn, timeout: float):
@@ -463,7 +469,7 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     realtime.setup(app, gateway, settings.realtime)  # GET /v1/realtime (gateway/realtime/)
 
     async def bus_lifecycle(app: web.Application):
-        bus.start(gateway.on_bus_message, gateway.on_bus_peer)
+        bus.start(gateway.on_bus_message, gateway.on_bus_connection)
         yield
         await bus.close()
 

@@ -1,11 +1,15 @@
-"""The gateway's side of the bus: it binds every socket; workers connect."""
+"""The gateway's side of the bus: it binds the events socket (every worker's results and
+lifecycle messages) and connects one PUSH to each worker's own inbox, which the worker names in
+its hello and heartbeats. So every request goes to a worker the gateway chose, and a closed
+connection tells which worker went away."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
+import os
+import stat
+from dataclasses import dataclass
 from typing import Callable
 
 import zmq
@@ -14,18 +18,27 @@ from zmq.utils.monitor import recv_monitor_message
 
 import proto
 from proto import Envelope, ProtocolError
-from services.runtime.curve import CurveServer
-from services.runtime.endpoints import (STAGES, control_endpoint, ensure_run_dir, events_endpoint, run_dir,
-                                       stage_endpoint)
+from services.runtime.curve import CurveServer, remote_endpoints
+from services.runtime.endpoints import ensure_run_dir, events_endpoint, run_dir
 
 log = logging.getLogger("s2s.gateway.bus")
 
-PEER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+PEER_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 MONITOR_POLL_S = 0.05
+INBOX_HWM = 100  # requests queued in the gateway for one worker before a send to it fails
 
 
-class StageUnavailable(Exception):
-    pass
+class WorkerUnavailable(Exception):
+    """No connection to that worker's inbox, or its queue is full."""
+
+
+@dataclass
+class Inbox:
+    """The gateway's PUSH to one worker's inbox, and the monitor of its connection."""
+
+    endpoint: str
+    socket: zmq.Socket
+    monitor: zmq.Socket
 
 
 class Bus:
@@ -35,64 +48,92 @@ class Bus:
         # Sends are non-blocking, so plain sockets serve the event loop and fail at once
         # (zmq.Again) instead of returning a future whose error could go unnoticed.
         self.send_ctx = zmq.Context()
-        self.push: dict[str, zmq.Socket] = {}
+        self.inboxes: dict[str, Inbox] = {}  # worker instance -> the PUSH to its inbox
+        self.refused: set[str] = set()  # workers whose inbox the gateway will not connect to
         self.pull: zmq.asyncio.Socket | None = None
-        self.control: zmq.Socket | None = None  # PUB: cancels to every worker
         self.dropped_frames = 0
         self._reader: asyncio.Task | None = None
-        # Connection events of each stage's socket: a worker's process that dies (kill -9, a crash)
-        # closes its connection at once, long before its heartbeats are missed. A hung one does not.
-        self.monitors: dict[str, zmq.Socket] = {}
         self._watcher: asyncio.Task | None = None
         self.curve: CurveServer | None = None  # CURVE keys and ZAP handlers, when the bus uses them
 
     def start(self, on_message: Callable[[Envelope, list[bytes]], None],
-              on_peer: Callable[[str, bool, int], None] = lambda stage, joined, pid: None) -> None:
-        endpoints = {stage: stage_endpoint(stage, self.environ) for stage in STAGES}
-        events, control = events_endpoint(self.environ), control_endpoint(self.environ)
-        # tcp:// (any non-ipc) endpoints require CURVE keys: a ConfigError names the missing setting.
-        # Checked before any socket exists, so a refused start leaves nothing bound.
-        self.curve = CurveServer.load(self.environ, [*endpoints.values(), events, control])
+              on_connection: Callable[[str, bool], None] = lambda instance, connected: None) -> None:
+        """Bind the events socket and start reading it. on_connection(instance, connected) tells
+        when the connection to a worker's inbox opens (True) or closes (False: its process exited,
+        crashed or was killed, long before its heartbeats are missed; a hung one stays connected)."""
+        events = events_endpoint(self.environ)
+        # tcp:// (any non-ipc) events endpoint requires CURVE keys: a ConfigError names the missing
+        # setting. Checked before any socket exists, so a refused start leaves nothing bound.
+        self.curve = CurveServer.load(self.environ, [events])
         ensure_run_dir(run_dir(self.environ))
-        for stage in STAGES:
-            sock = self.send_ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 100)
-            if self.curve:
-                self.curve.secure(sock)
-            self.monitors[stage] = sock.get_monitor_socket(PEER_EVENTS)
-            sock.bind(endpoints[stage])
-            self.push[stage] = sock
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         if self.curve:
             self.curve.secure(self.pull)
         self.pull.bind(events)
-        self.control = self.send_ctx.socket(zmq.PUB)
-        self.control.setsockopt(zmq.LINGER, 0)
-        if self.curve:
-            self.curve.secure(self.control)
-        self.control.bind(control)
         self._reader = asyncio.create_task(self._read(on_message), name="bus-reader")
-        self._watcher = asyncio.create_task(self._watch(on_peer), name="bus-peer-watcher")
+        self._watcher = asyncio.create_task(self._watch(on_connection), name="bus-connection-watcher")
 
-    async def _watch(self, on_peer) -> None:
-        """Report each worker that connects to (True) or leaves (False) a stage's socket, with its
-        process id where the connection tells it (ipc), so the one of several workers that died
-        is known."""
-        pids: dict[tuple[str, int], int] = {}  # (stage, connection fd) -> the peer's pid
+    def connect(self, instance: str, endpoint: str) -> bool:
+        """Open the PUSH to a worker's inbox (once per worker); False when it is refused: a worker
+        on another host (tcp) while the gateway has no CURVE keys to authenticate to it with."""
+        if instance in self.inboxes:
+            return True
+        if remote_endpoints([endpoint]) and self.curve is None:
+            if instance not in self.refused:
+                self.refused.add(instance)
+                log.error("worker %s names the inbox %s, which is not a local ipc socket, and the gateway "
+                          "has no CURVE keys: it gets no requests (see README, \"Several hosts / TCP\")",
+                          instance, endpoint)
+            return False
+        sock = self.send_ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, INBOX_HWM)
+        if self.curve:
+            self.curve.secure(sock)  # the gateway stays the CURVE server, though it connects here
+        monitor = sock.get_monitor_socket(PEER_EVENTS)
+        sock.connect(endpoint)
+        self.inboxes[instance] = Inbox(endpoint, sock, monitor)
+        return True
+
+    def disconnect(self, instance: str, dead: bool = False) -> None:
+        """Close the PUSH to a worker that went away; what was queued for it is dropped. dead: its
+        process died without closing its inbox, so an ipc inbox's socket file is removed here."""
+        inbox = self.inboxes.pop(instance, None)
+        if inbox is None:
+            return
+        inbox.socket.disable_monitor()
+        inbox.monitor.close(linger=0)
+        inbox.socket.close(linger=0)
+        path = inbox.endpoint.removeprefix("ipc://")
+        if dead and path != inbox.endpoint:
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):  # only a socket: never any other file it names
+                    os.unlink(path)
+            except OSError:
+                pass  # already gone
+
+    def send(self, instance: str, message: Envelope, *payload: bytes) -> None:
+        """To one worker's inbox. Never blocks: no connection to it, or a full queue, raises
+        WorkerUnavailable."""
+        inbox = self.inboxes.get(instance)
+        if inbox is None:
+            raise WorkerUnavailable(f"no connection to worker {instance}")
+        try:
+            inbox.socket.send_multipart(proto.encode(message, *payload), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise WorkerUnavailable(f"the queue of worker {instance} is full") from None
+
+    async def _watch(self, on_connection) -> None:
+        """Report each worker whose inbox connection opens or closes."""
         while True:
-            for stage, monitor in self.monitors.items():
-                while monitor.poll(0):
-                    event = recv_monitor_message(monitor)
-                    joined, fd = event["event"] == zmq.EVENT_ACCEPTED, event["value"]
-                    pid = peer_pid(fd) if joined else pids.pop((stage, fd), 0)
-                    if joined and pid:
-                        pids[(stage, fd)] = pid
+            for instance, inbox in list(self.inboxes.items()):
+                while instance in self.inboxes and inbox.monitor.poll(0):
+                    event = recv_monitor_message(inbox.monitor)["event"]
                     try:
-                        on_peer(stage, joined, pid)
+                        on_connection(instance, event == zmq.EVENT_CONNECTED)
                     except Exception:  # one bad callback must not stop the watcher
-                        log.exception("handling a %s connection event failed", stage)
+                        log.exception("handling a connection event of %s failed", instance)
             await asyncio.sleep(MONITOR_POLL_S)
 
     async def _read(self, on_message) -> None:
@@ -109,17 +150,6 @@ class Bus:
             except Exception:  # one bad message must not stop the reader
                 log.exception("handling %s failed", proto.tag_of(message))
 
-    def send(self, stage: str, message: Envelope, *payload: bytes) -> None:
-        """Never blocks: no connected worker or a full queue means the stage is unavailable."""
-        try:
-            self.push[stage].send_multipart(proto.encode(message, *payload), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            raise StageUnavailable(f"no {stage} worker is connected or its queue is full") from None
-
-    def broadcast(self, message: Envelope) -> None:
-        """To every connected worker of every stage (never blocks; a worker not there misses it)."""
-        self.control.send_multipart(proto.encode(message), flags=zmq.NOBLOCK)
-
     async def close(self) -> None:
         for task in (self._reader, self._watcher):
             if task:
@@ -128,33 +158,11 @@ class Bus:
                     await task
                 except asyncio.CancelledError:
                     pass
-        for stage, sock in self.push.items():
-            sock.disable_monitor()
-            self.monitors[stage].close(linger=0)
-        for sock in [*self.push.values(), self.pull, self.control]:
-            if sock is not None:
-                sock.close(linger=0)
+        for instance in list(self.inboxes):
+            self.disconnect(instance)
+        if self.pull is not None:
+            self.pull.close(linger=0)
         if self.curve:
             self.curve.stop()  # after the sockets: without a ZAP handler any key would get in
         self.ctx.term()
         self.send_ctx.term()
-
-
-PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def peer_pid(fd: int) -> int:
-    """The process at the other end of an accepted unix-socket connection; 0 for tcp, or when the
-    connection closed before its event was read."""
-    try:
-        conn = socket.socket(fileno=fd)
-    except OSError:
-        return 0
-    try:
-        if conn.family != socket.AF_UNIX:
-            return 0
-        return PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))[0]
-    except OSError:
-        return 0
-    finally:
-        conn.detach()  # the fd is libzmq's: never close it here

@@ -16,20 +16,48 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.bus import Bus
+from gateway.stages import StageBoard
 from proto import tag_of
 from services.runtime.endpoints import STAGES
 from services.runtime.logs import log_turn
 from services.runtime.observe import never_raises
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway, LiveTurn, Upload
+
+
+# What the observer reads of the gateway (gateway/app.py), declared here so that this module does
+# not import the app that imports it.
+class Upload(Protocol):
+    session_id: str
+    conversation: str
+    persona: str
+    pcm: bytes
+    created: float  # monotonic
+
+
+class Conversation(Protocol):
+    id: str
+
+
+class LiveTurn(Protocol):
+    conversation: Conversation
+    number: int
+
+
+class Gateway(Protocol):
+    board: StageBoard
+    bus: Bus | None  # None without a bus (the original flow)
+    live: dict
+    uploads: dict
+    late_results: int
+    resent_requests: int
 
 log = logging.getLogger("s2s.gateway.turn")
 
@@ -51,7 +79,6 @@ class TurnTrace:
     upload: str  # the upload's session id (the /stream/<id> path), single-use
     session: str  # the bus session id (the conversation)
     turn: int
-    live: Any  # the gateway's LiveTurn
     started: float = field(default_factory=time.monotonic)
     uploaded: float = 0.0  # monotonic time the upload was decoded
     first_chunk: float | None = None
@@ -110,7 +137,7 @@ class _BoardCollector:
                                   labels=["stage"])
         busy = GaugeMetricFamily("s2s_gateway_stage_busy_seconds", "How long the stage has been busy (last heartbeat)",
                                  labels=["stage"])
-        peers = GaugeMetricFamily("s2s_gateway_stage_peers", "Workers connected to the stage's socket",
+        peers = GaugeMetricFamily("s2s_gateway_stage_peers", "Workers whose inbox the gateway is connected to",
                                   labels=["stage"])
         state = GaugeMetricFamily("s2s_gateway_stage_state", "1 for the stage's current state", labels=["stage", "state"])
         for stage in STAGES:
@@ -127,7 +154,7 @@ class _BoardCollector:
                  getattr(getattr(gateway, "bus", None), "dropped_frames", 0)),
                 ("s2s_gateway_late_results", "Results for turns that had already ended (dropped)",
                  getattr(gateway, "late_results", 0)),
-                ("s2s_gateway_resent_requests", "Requests sent again to a restarted stage",
+                ("s2s_gateway_resent_requests", "Requests sent again because the worker holding them was lost",
                  getattr(gateway, "resent_requests", 0))):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], float(value or 0))
@@ -206,7 +233,7 @@ class GatewayObserver:
 
     def watch(self, sse, session_id: str, turn: "LiveTurn", upload: "Upload") -> ObservedStream:
         """The turn's stream starts: count it, and follow every event it sends."""
-        trace = TurnTrace(session_id, turn.conversation.id, turn.number, turn, uploaded=upload.created)
+        trace = TurnTrace(session_id, turn.conversation.id, turn.number, uploaded=upload.created)
         self.turns_started.inc()
         log_turn(log, "turn started", trace.session, trace.turn, upload=session_id, persona=upload.persona,
                  waited_s=round(trace.started - upload.created, 3))
@@ -253,7 +280,7 @@ class GatewayObserver:
 
     @never_raises
     def turn_ended(self, sse, finished: bool) -> None:
-        """The stream is over; finished: the answer completed (else the app cancels it on every stage)."""
+        """The stream is over; finished: the answer completed (else the app cancels it on the workers holding it)."""
         trace = getattr(sse, "trace", None)
         if trace is None:
             return
@@ -263,6 +290,6 @@ class GatewayObserver:
         if trace.outcome in (None, "done"):  # no error event went out: the client left
             trace.outcome, trace.stage = "disconnected", "gateway"
         self.errors.labels(trace.outcome, trace.stage).inc()
-        log_turn(log, "turn ended early: cancelling it on every stage", trace.session, trace.turn,
+        log_turn(log, "turn ended early: cancelling it on the workers holding it", trace.session, trace.turn,
                  kind=trace.outcome, stage=trace.stage, chunks=trace.chunks,
                  after_s=round(time.monotonic() - trace.started, 3))

@@ -1,53 +1,34 @@
 """One turn's view of the workers that hold its work: a worker that goes away (killed, crashed,
-restarted by an operator), or that hangs while another worker of its stage is up, gets its
-unfinished requests sent again, once, to the stage (another worker, or the one that replaces it);
-a stage that hangs or fails with no worker left ends the turn with an error naming it."""
+restarted by an operator), or that hangs while another worker of its stage is up, gets exactly
+the unfinished requests it held sent again, once, to the stage (another worker, or the one that
+replaces it); a stage that hangs or fails with no worker left ends the turn with an error naming it.
+Which worker holds each request is recorded when it is sent (gateway/dispatch.py)."""
 
 from __future__ import annotations
 
-from proto import Envelope, StageError, tag_of
-from services.runtime.endpoints import STAGES
-
+from gateway.dispatch import Dispatch
 from gateway.stages import StageBoard
 from gateway.turn import Action, Send, TurnState
-
-RequestKey = tuple[str, int]  # (stage, sentence index for tts, else -1)
-
-
-def request_key(stage: str, message: Envelope) -> RequestKey:
-    """Which of a turn's requests a request or a result is about: a turn has one ASR and one LLM
-    request, and one TTS request per sentence (which several TTS workers may share out)."""
-    return stage, (message.index if stage == "tts" else -1)
+from proto import Envelope, StageError
+from services.runtime.endpoints import STAGES
 
 
 class Recovery:
-    def __init__(self, board: StageBoard, wait_s: float, clock):
+    def __init__(self, board: StageBoard, dispatch: Dispatch, wait_s: float, clock):
         self.board = board
+        self.dispatch = dispatch  # who holds each request
         self.wait_s = wait_s  # how long to wait for a replacement worker to be ready
         self.clock = clock
-        # Which workers may hold each request: every ready one of its stage when it was sent (the
-        # stage's socket hands it to one of them), narrowed to one by its first result.
-        self.holders: dict[RequestKey, set[str]] = {}
         self.lost: dict[str, tuple[float, set[str]]] = {}  # stage -> when its work was lost, and where
         self.resent: set[str] = set()  # stages already given a second try
-        self.resent_requests = 0
-
-    def sent(self, stage: str, message: Envelope) -> None:
-        """Sent to a ready stage: one of its ready workers has it."""
-        self.holders[request_key(stage, message)] = self.board.ready_instances(stage)
 
     def on_message(self, message: Envelope) -> bool:
-        """Notes which worker answers each request. True when the message is about lost work and is
-        handled here: a worker that shuts down mid-request (an operator's restart) will be back, or
-        another worker of its stage is up, so its request is sent again."""
-        if isinstance(message, StageError):
-            if message.kind == "shutdown" and message.stage in STAGES:
-                self._lose(message.stage, {message.producer})
-                return True
-            return False
-        stage = tag_of(message).split(".", 1)[0]
-        if stage in STAGES:
-            self.holders[request_key(stage, message)] = {message.producer}
+        """True when the message is about lost work and is handled here: a worker that shuts down
+        mid-request (an operator's restart) will be back, or another worker of its stage is up,
+        so its request is sent again."""
+        if isinstance(message, StageError) and message.kind == "shutdown" and message.stage in STAGES:
+            self._lose(message.stage, {message.producer})
+            return True
         return False
 
     def _lose(self, stage: str, instances: set[str]) -> None:
@@ -59,11 +40,11 @@ class Recovery:
     def _lost_holders(self, stage: str, requests: list[Send]) -> set[str]:
         """Workers holding some of these requests that will not answer: gone, or hung (down,
         stuck) while another worker of the stage takes requests."""
-        holders = set().union(*(self.holders.get(request_key(stage, r.message), set()) for r in requests))
-        up = self.board.ready_instances(stage)  # a hung holder is never among them
-        hung = {h for h in holders if self.board.worker_state(stage, h) in ("down", "stuck")}
+        holders = {self.dispatch.holder(stage, r.message) for r in requests} - {None}
         gone = {h for h in holders if self.board.is_gone(h)}
-        return gone | (hung if up else set())
+        if not self.board.ready_instances(stage):  # a hung holder is never among them
+            return gone
+        return gone | {h for h in holders if self.board.worker_state(stage, h) in ("down", "stuck")}
 
     def waiting(self) -> bool:
         """Waiting for a replacement instance (the turn's silence is expected meanwhile)."""
@@ -94,15 +75,11 @@ class Recovery:
         when, lost_from = self.lost[stage]
         if self.board.ready_instances(stage) - lost_from:
             del self.lost[stage]
-            # what the lost workers held (or may have held): the rest is in good hands
-            again = [r for r in requests if self.holders.get(request_key(stage, r.message), set()) & lost_from]
-            if not again:
-                return []
-            self.resent.add(stage)
-            for request in again:
-                self.holders.pop(request_key(stage, request.message), None)
-            self.resent_requests += len(again)
-            return again  # Send actions: the gateway sends them and notes the new holders
+            # exactly what the lost workers held: the rest is in good hands
+            again = [r for r in requests if self.dispatch.holder(stage, r.message) in lost_from]
+            if again:
+                self.resent.add(stage)
+            return again  # Send actions: the gateway sends them, and dispatch records the new holders
         if self.board.state(stage) == "failed":
             return state.on_stage_down(stage, self._reason(stage))
         if self.clock() - when > self.wait_s:

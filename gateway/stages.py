@@ -1,12 +1,14 @@
 """What the gateway knows about each stage and each of its workers, from hello/ready/heartbeat/
-error/bye messages and from the connections to the stage's socket.
+error/bye messages and from the connection to each worker's inbox.
 
 A stage may run several workers (supervisor `numprocs`): the stage is ready while any of them is,
-and each worker is tracked on its own, so the one that dies or hangs is told apart from the rest.
+and each worker is tracked on its own, so the one that dies or hangs is told apart from the rest,
+and a request goes to the ready worker with the shortest queue.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,14 @@ class WorkerStatus:
     last_seen: float = 0.0  # monotonic
     last_result: float = 0.0
     results: int = 0  # result messages it sent for turns
+    connected: bool = False  # the gateway's connection to its inbox is open
+    sent_since_beat: int = 0  # requests sent to it since its last heartbeat counted its queue
+    chosen: int = 0  # when it was last sent a request (a count): ties go to the one idle longest
+
+    def load(self) -> int:
+        """Requests it holds, as far as the gateway knows: queued at its last heartbeat, the one
+        it works on, and those sent since."""
+        return self.queue_depth + (self.state == "busy") + self.sent_since_beat
 
 
 @dataclass
@@ -40,13 +50,10 @@ class StageStatus:
     device: str = ""
     source: str = ""  # local | hub-cache | hub | registry
     reason: str = ""  # why that model and source
-    pid: int = 0
-    instance: str = ""  # the worker that spoke last
     load_s: float = 0.0
     error: str = ""
     last_seen: float = 0.0  # monotonic
     last_result: float = 0.0  # monotonic time of its last result for any turn
-    peers: int = 0  # workers connected to its socket
     workers: dict[str, WorkerStatus] = field(default_factory=dict)  # instance -> its status, gone ones removed
 
 
@@ -58,6 +65,7 @@ class StageBoard:
         # Instances that said bye or whose process left the bus: their work is lost, and a stray
         # message of theirs still in flight must not make the stage look alive again.
         self.gone: OrderedDict[str, float] = OrderedDict()  # instance -> when it went
+        self._choices = itertools.count(1)
 
     def update(self, message: Envelope) -> None:
         stage = getattr(message, "stage", None)
@@ -66,20 +74,18 @@ class StageBoard:
             return
         if message.producer in self.gone:
             # a gone instance's last words may come after its connection closed: a load failure
-            # still says why the stage is down (unless a new instance already speaks for it)
-            if (isinstance(message, StageError) and not message.session
-                    and status.instance == message.producer):
+            # still says why the stage is down (unless another worker already speaks for it)
+            if isinstance(message, StageError) and not message.session and not status.workers:
                 status.state, status.error = "failed", message.message
             return
         now = self.clock()
         status.last_seen = now
-        status.instance = message.producer
         worker = status.workers.setdefault(message.producer, WorkerStatus(message.producer))
         worker.last_seen = now
         if isinstance(message, StageHello):
             status.state, status.error = "loading", ""
-            status.backend, status.model, status.device, status.pid, status.source = (
-                message.backend, message.model, message.device, message.pid, message.source)
+            status.backend, status.model, status.device, status.source = (
+                message.backend, message.model, message.device, message.source)
             worker.state, worker.pid = "loading", message.pid
         elif isinstance(message, StageReady):
             status.state, status.load_s = "ready", message.load_s
@@ -89,6 +95,7 @@ class StageBoard:
         elif isinstance(message, StageHeartbeat):
             status.state = message.state
             worker.state, worker.queue_depth, worker.busy_ms = message.state, message.queue_depth, message.busy_ms
+            worker.sent_since_beat = 0
             if message.backend:
                 status.backend, status.model, status.device = message.backend, message.model, message.device
                 status.source = message.source
@@ -109,41 +116,44 @@ class StageBoard:
         if producer in status.workers:
             status.workers[producer].last_seen = status.last_seen
 
-    def peer(self, stage: str, joined: bool, pid: int = 0) -> None:
-        """A worker connected to or left the stage's socket (from the bus's connection events).
-        `pid` is the peer's process when the bus can tell (ipc); 0 when it cannot (tcp)."""
-        status = self.stages.get(stage)
-        if status is None:
-            return
-        status.peers = status.peers + 1 if joined else max(0, status.peers - 1)
-        if joined:
-            return
-        # its process is gone (exited, killed or crashed): supervisor starts a new one
-        left = [w.instance for w in status.workers.values() if pid and w.pid == pid]
-        if not left and status.peers == 0:
-            left = list(status.workers) or ([status.instance] if status.instance else [])
-        for instance in left:
-            self._mark_gone(stage, instance)
-        if left and not status.workers and status.state != "failed":
-            status.state, status.error = "down", "its process exited"
+    def connection(self, instance: str, connected: bool) -> None:
+        """The gateway's connection to a worker's inbox opened, or closed: its process is gone
+        (exited, killed or crashed), and supervisor starts a new one."""
+        for stage, status in self.stages.items():
+            worker = status.workers.get(instance)
+            if worker is None:
+                continue
+            worker.connected = connected
+            if not connected:
+                self._mark_gone(stage, instance)
+                if not status.workers and status.state != "failed":
+                    status.state, status.error = "down", "its process exited"
 
     def _mark_gone(self, stage: str, instance: str) -> None:
-        if instance:
-            self.stages[stage].workers.pop(instance, None)
-            self.gone[instance] = self.clock()
-            while len(self.gone) > 256:
-                self.gone.popitem(last=False)
-
-    def instance(self, stage: str) -> str:
-        """The instance that last spoke for the stage."""
-        return self.stages[stage].instance
+        self.stages[stage].workers.pop(instance, None)
+        self.gone[instance] = self.clock()
+        while len(self.gone) > 256:
+            self.gone.popitem(last=False)
 
     def is_gone(self, instance: str) -> bool:
         return instance in self.gone
 
     def ready_instances(self, stage: str) -> set[str]:
-        """The workers that take requests now: one sent to the stage reaches one of them."""
+        """The workers that take requests now."""
         return {i for i in self.stages[stage].workers if self.worker_state(stage, i) in ("ready", "busy")}
+
+    def pick(self, stage: str) -> str | None:
+        """The ready worker of the stage with the shortest queue (WorkerStatus.load); on a tie the
+        one chosen least recently. None when no worker of the stage is ready."""
+        ready = [self.stages[stage].workers[i] for i in self.ready_instances(stage)]
+        return min(ready, key=lambda w: (w.load(), w.chosen)).instance if ready else None
+
+    def sent_to(self, stage: str, instance: str) -> None:
+        """A request went to this worker: it counts in its queue until its next heartbeat."""
+        worker = self.stages[stage].workers.get(instance)
+        if worker is not None:
+            worker.sent_since_beat += 1
+            worker.chosen = next(self._choices)
 
     def result_seen(self, stage: str, producer: str = "") -> None:
         status = self.stages.get(stage)
@@ -202,6 +212,7 @@ class StageBoard:
             info["last_seen_s_ago"] = round(now - status.last_seen, 3) if status.last_seen else None
             info["queue_depth"] = sum(w.queue_depth for w in status.workers.values())
             info["busy_ms"] = self.busy_ms(name)
+            info["peers"] = sum(w.connected for w in status.workers.values())  # inboxes connected to
             info["workers"] = [{"instance": w.instance, "pid": w.pid, "state": self.worker_state(name, w.instance),
                                 "queue_depth": w.queue_depth, "busy_ms": w.busy_ms, "results": w.results,
                                 "last_seen_s_ago": round(now - w.last_seen, 3)}

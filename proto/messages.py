@@ -134,6 +134,7 @@ class StageHello(Envelope, tag="stage.hello"):
     device: str
     pid: int
     source: str = ""  # local | hub-cache | hub | registry; "" while not yet resolved
+    inbox: str = ""  # the endpoint this worker bound for its requests; the gateway connects to it
 
 
 class StageReady(Envelope, tag="stage.ready"):
@@ -159,6 +160,7 @@ class StageHeartbeat(Envelope, tag="stage.heartbeat"):
     model: str = ""
     device: str = ""
     source: str = ""
+    inbox: str = ""  # as in the hello, so a gateway that (re)started later reaches the worker too
 
 
 class StageError(Envelope, tag="stage.error"):

@@ -29,6 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# At the top, not in the child's code path only: a name that moved fails `--help` (tests/test_scripts.py).
+from proto import AsrRequest, ChatMessage, LlmDone, LlmRequest, LlmSentence, TtsDone, TtsRequest  # noqa: E402
+from services.runtime.settings import StageSettings  # noqa: E402
+from services.runtime.worker import TurnBook, TurnContext, apply_cpu_settings  # noqa: E402
+
 QUESTION = "Tell me why Paris is the capital of France."  # about 3 s at 140 words per minute
 TTS_SENTENCES = (
     ("af_heart", "Elephants can recognize themselves in a mirror, which is a rare ability among animals."),
@@ -40,8 +45,6 @@ TTS_SENTENCES = (
 
 
 def _turn(request):
-    from services.runtime.worker import TurnBook, TurnContext
-
     return TurnContext(request, TurnBook(), threading.Event())
 
 
@@ -59,8 +62,6 @@ def _spoken_pcm(text: str) -> bytes:
 
 
 def bench_asr(stage, repeat: int) -> dict:
-    from proto import AsrRequest
-
     pcm = _spoken_pcm(QUESTION)
     runs = [_outputs(stage, AsrRequest(), [pcm])[0] for _ in range(repeat + 1)][1:]  # first run is warm-up
     return {"clip_s": round(len(pcm) / 32000, 2), "asr_s": statistics.median(r.compute_s for r in runs),
@@ -68,8 +69,6 @@ def bench_asr(stage, repeat: int) -> dict:
 
 
 def bench_llm(stage, repeat: int) -> dict:
-    from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
-
     tokenizer = stage.backend.tokenizer
     request = LlmRequest(persona="wildlife_expert", history=[ChatMessage("user", QUESTION)])
     first, rates, replies = [], [], []
@@ -88,8 +87,6 @@ def bench_llm(stage, repeat: int) -> dict:
 
 
 def bench_tts(stage, repeat: int) -> dict:
-    from proto import TtsDone, TtsRequest
-
     per_sentence, rtf = [], []
     for voice, text in TTS_SENTENCES:
         request = TtsRequest(index=0, text=text, voice=voice)
@@ -107,14 +104,12 @@ BENCHES = {"asr": bench_asr, "llm": bench_llm, "tts": bench_tts}
 
 def run_one(name: str, repeat: int) -> dict:
     """In this process: load the stage as its worker would, then time its handler."""
-    from services.runtime.settings import StageSettings
-    from services.runtime.worker import apply_threads
 
     stage_class = {"asr": "services.asr.stage:AsrStage", "llm": "services.llm.stage:LlmStage",
                    "tts": "services.tts.stage:TtsStage"}[name]
     module, _, cls = stage_class.partition(":")
     settings = StageSettings.load(name)
-    apply_threads(settings)
+    apply_cpu_settings(settings)  # THREADS and NICE, as the worker applies them
     stage = getattr(__import__(module, fromlist=[cls]), cls)(settings)
     started = time.monotonic()
     info = stage.load()

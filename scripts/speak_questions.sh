@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The benchmarks' eight spoken questions (2-5 s, espeak-ng en-us at 140 words per minute) as
 # q1.wav ... q8.wav in DIR:   bash scripts/speak_questions.sh DIR
+# (S2S_SPEAK_VOICE and S2S_SPEAK_RATE choose another espeak-ng voice and pace: the realtime benchmark's)
 set -euo pipefail
 DIR="$1"
 mkdir -p "$DIR"
 n=0
 while read -r question; do
     n=$((n + 1))
-    espeak-ng -v en-us -s 140 -w "$DIR/q$n.wav" "$question"
+    espeak-ng -v "${S2S_SPEAK_VOICE:-en-us}" -s "${S2S_SPEAK_RATE:-140}" -w "$DIR/q$n.wav" "$question"
 done <<'LIST'
 What is the capital of France?
 How far away is the moon?

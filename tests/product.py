@@ -55,7 +55,7 @@ class Product:
         conf = (ROOT / "supervisord.conf").read_text()
         conf = conf.replace("%(here)s/var", str(self.var)).replace("%(here)s/.venv/bin", str(bin_dir))
         for program, count in (workers or {}).items():
-            conf = set_workers(conf, program, count)  # as an operator sets it (docs/OPERATIONS.md)
+            set_workers(self.var / "workers.conf", program, count)  # as an operator sets it (docs/OPERATIONS.md)
         self.conf = self.home / "supervisord.conf"
         self.conf.write_text(conf.replace("%(here)s", str(ROOT)))
         self.env = {**os.environ, "S2S_RUN_DIR": str(self.home / "run"), "S2S_GATEWAY_PORT": str(self.port),

@@ -97,12 +97,13 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 async def back_ready(product: Product, stage: str, old_pid: int, timeout: float = 120) -> float:
-    """When the stage is ready again in a new process (its pid from /api/stages)."""
+    """When the stage is ready again in a new process (a ready worker's pid in /api/stages)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, body = await asyncio.to_thread(product.get_json, "/api/stages")
         info = body["stages"][stage]
-        if info["state"] in ("ready", "busy") and info["pid"] not in (0, old_pid):
+        ready = {w["pid"] for w in info["workers"] if w["state"] in ("ready", "busy")}
+        if info["state"] in ("ready", "busy") and ready - {0, old_pid}:
             return time.monotonic()
         await asyncio.sleep(0.1)
     raise AssertionError(f"{stage} did not come back: {body}")

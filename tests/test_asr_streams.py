@@ -25,13 +25,17 @@ class Transcriber:
 
 class Turn:
     stop = False
+    cancelled: set = set()
 
     def should_stop(self):
         return self.stop
 
+    def is_live(self, session, number):
+        return (session, number) not in self.cancelled
 
-def run(streams, message, payload=(), turn=None):
-    message.session, message.turn = "s", 1
+
+def run(streams, message, payload=(), turn=None, number=1):
+    message.session, message.turn = "s", number
     return list(streams.handle(message, list(payload), turn or Turn()))
 
 
@@ -90,3 +94,25 @@ def test_a_lost_frame_a_missing_start_and_a_cancel():
     stream(streams, 2, cancelled)
     cancelled.stop = True
     assert run(streams, AsrStreamEnd(frames=2), turn=cancelled) == [] and not streams.open
+
+
+def test_a_new_utterance_forgets_those_of_cancelled_turns():
+    streams = Streams(Transcriber())
+    stream(streams, 2)  # turn 1, left open: its socket closed, the gateway cancelled it
+    turn = Turn()
+    turn.cancelled = {("s", 1)}
+    run(streams, AsrStreamStart(), turn=turn, number=2)
+    assert list(streams.open) == [("s", 2)]
+
+
+def test_a_pause_after_speech_gets_the_final_ready_before_the_turn_ends():
+    transcribe = Transcriber()
+    streams = Streams(transcribe)
+    loud, quiet = b"\x00\x20" * 3200, bytes(6400)  # 0.2 s of speech (-18 dBFS) / of silence
+    run(streams, AsrStreamStart())
+    frames = [loud] * 2 + [quiet] * 2  # 0.4 s of speech: the utterance is too short for a paced decode
+    out = [m for i, f in enumerate(frames) for m, _ in run(streams, AsrStreamAudio(index=i), [f])]
+    assert transcribe.calls == [0.6]  # at the first 0.2 s of silence after the speech
+    assert [type(m) for m in out] == [AsrPartial]
+    final, _ = run(streams, AsrStreamEnd(frames=4, speech_end_s=0.4))[0]
+    assert final.text == out[0].text and transcribe.calls == [0.6]  # nothing left to decode at the end

@@ -16,7 +16,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 import proto
-from gateway.bus import Bus, StageUnavailable
+from gateway.bus import Bus, WorkerUnavailable
 from proto import StageHello, StageReady, TtsAudio, TtsDone, TtsRequest, TurnCancel
 from services.runtime import curve
 from services.runtime.errors import EXIT_CONFIG, ConfigError
@@ -25,8 +25,7 @@ from tests.worker_process import ROOT
 pytestmark = pytest.mark.timeout(60)
 
 ANY_PORT = "tcp://127.0.0.1:*"
-TCP = {"S2S_ASR_ENDPOINT": ANY_PORT, "S2S_LLM_ENDPOINT": ANY_PORT, "S2S_TTS_ENDPOINT": ANY_PORT,
-       "S2S_EVENTS_ENDPOINT": ANY_PORT, "S2S_CONTROL_ENDPOINT": ANY_PORT}
+TCP = {"S2S_EVENTS_ENDPOINT": ANY_PORT}  # the gateway binds only this; each worker binds its own inbox
 HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
                     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
 
@@ -52,46 +51,45 @@ def worker_keys(keys, secret_file):
 
 
 class RunningBus:
-    """The real gateway Bus on loopback TCP, collecting what it receives."""
+    """The real gateway Bus on loopback TCP, collecting what it receives; like the gateway, it
+    connects to the inbox a worker's hello names."""
 
     def __init__(self, environ):
         self.bus = Bus(environ)
         self.received: asyncio.Queue = asyncio.Queue()
-        self.bus.start(lambda message, payload: self.received.put_nowait(message))
+        self.bus.start(self._on_message)
         self.events = self.bus.pull.last_endpoint.decode()
-        self.stage = {name: sock.last_endpoint.decode() for name, sock in self.bus.push.items()}
-        self.control = self.bus.control.last_endpoint.decode()
+
+    def _on_message(self, message, payload):
+        if isinstance(message, StageHello) and message.inbox:
+            self.bus.connect(message.producer, message.inbox)
+        self.received.put_nowait(message)
 
     async def next(self, timeout):
         return await asyncio.wait_for(self.received.get(), timeout)
 
-    async def send_when_connected(self, stage, message, timeout):
-        """bus.send succeeds only once a worker completed its handshake on that stage's socket."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.bus.send(stage, message)
-            except StageUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
-
 
 class Peer:
-    """A worker-side pair of sockets (events PUSH, one stage's PULL), with or without CURVE keys."""
+    """A worker-side pair of sockets (events PUSH, its own inbox PULL on loopback TCP), with or
+    without CURVE keys."""
 
-    def __init__(self, bus: RunningBus, keys: curve.ClientKeys | None, stage="asr"):
+    def __init__(self, bus: RunningBus, keys: curve.ClientKeys | None, name="peer"):
+        self.name = name
         self.ctx = zmq.Context()
         self.push, self.pull = self.ctx.socket(zmq.PUSH), self.ctx.socket(zmq.PULL)
         self.monitor = self.push.get_monitor_socket()
+        self.inbox_monitor = self.pull.get_monitor_socket()
         for sock in (self.push, self.pull):
             sock.linger = 0
             curve.secure_client(sock, keys)
         self.push.connect(bus.events)
-        self.pull.connect(bus.stage[stage])
+        self.pull.bind(ANY_PORT)
+        self.inbox = self.pull.last_endpoint.decode()
 
-    def hello(self, name):
-        self.push.send_multipart(proto.encode(StageHello(stage="tts", backend=name, model="m", device="cpu", pid=1)))
+    def hello(self, backend):
+        hello = StageHello(stage="tts", backend=backend, model="m", device="cpu", pid=1, inbox=self.inbox)
+        hello.producer = self.name
+        self.push.send_multipart(proto.encode(hello))
 
     async def receive(self, timeout):
         deadline = time.monotonic() + timeout
@@ -101,15 +99,18 @@ class Peer:
             await asyncio.sleep(0.02)
         return proto.decode(self.pull.recv_multipart())[0]
 
-    def connection_events(self):
+    def connection_events(self, monitor=None):
+        monitor = monitor or self.monitor
         events = []
-        while self.monitor.poll(0):
-            events.append(recv_monitor_message(self.monitor)["event"])
+        while monitor.poll(0):
+            events.append(recv_monitor_message(monitor)["event"])
         return events
 
     def close(self):
         self.push.disable_monitor()
+        self.pull.disable_monitor()
         self.monitor.close(linger=0)
+        self.inbox_monitor.close(linger=0)
         self.push.close()
         self.pull.close()
         self.ctx.term()
@@ -162,10 +163,11 @@ async def test_an_authorized_worker_key_exchanges_messages_with_the_bus(keys):
         assert bus.events.startswith("tcp://127.0.0.1:")
         peer.hello("authorized")
         assert (await bus.next(timeout=5)).backend == "authorized"
-        await bus.send_when_connected("asr", StageHello(stage="asr", backend="to-worker", model="m", device="cpu",
-                                                        pid=2), timeout=5)
-        assert (await peer.receive(timeout=5)).backend == "to-worker"
+        # the gateway connected to the inbox the hello named: as the CURVE server, though it connects
+        bus.bus.send("peer", TtsRequest(index=0, text="to-worker", voice="v", session="s", turn=1))
+        assert (await peer.receive(timeout=5)).text == "to-worker"
         assert zmq.EVENT_HANDSHAKE_SUCCEEDED in peer.connection_events()
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED in peer.connection_events(peer.inbox_monitor)
     finally:
         peer.close()
         await bus.bus.close()
@@ -175,15 +177,19 @@ async def test_an_authorized_worker_key_exchanges_messages_with_the_bus(keys):
 async def test_an_unauthenticated_peer_is_refused(keys, who):
     bus = RunningBus(gateway_env(keys))
     intruder_keys = worker_keys(keys, keys / "intruder" / "intruder.key_secret") if who == "unlisted key" else None
-    intruder = Peer(bus, intruder_keys)
+    intruder = Peer(bus, intruder_keys, name="intruder")
     try:
         intruder.hello("intruder")
         with pytest.raises(asyncio.TimeoutError):
             await bus.next(timeout=1.5)
-        with pytest.raises(StageUnavailable):  # nothing for the bus to send work to
-            bus.bus.send("asr", StageHello(stage="asr", backend="secret work", model="m", device="cpu", pid=2))
-        assert await intruder.receive(timeout=0.2) is None
+        with pytest.raises(WorkerUnavailable):  # its hello never arrived: nothing for the bus to send work to
+            bus.bus.send("intruder", TtsRequest(index=0, text="secret work", voice="v", session="s", turn=1))
         assert HANDSHAKE_FAILED & set(intruder.connection_events())
+        # Told its inbox some other way, the gateway still gets no work through to it.
+        bus.bus.connect("intruder", intruder.inbox)
+        bus.bus.send("intruder", TtsRequest(index=0, text="secret work", voice="v", session="s", turn=1))
+        assert await intruder.receive(timeout=1.0) is None
+        assert HANDSHAKE_FAILED & set(intruder.connection_events(intruder.inbox_monitor))
         # The same bus, still serving: an authorized worker gets through at once.
         worker = Peer(bus, worker_keys(keys, keys / "authorized" / "worker.key_secret"))
         try:
@@ -207,7 +213,7 @@ async def test_the_gateway_refuses_tcp_endpoints_without_keys(tmp_path, keys):
             bus.start(lambda message, payload: None)
         assert "S2S_CURVE_SECRET_KEY_FILE is not set" in str(refused.value)
         assert "s2s-keys generate" in str(refused.value) and "tcp://127.0.0.1:*" in str(refused.value)
-        assert not bus.push and bus.pull is None  # refused before anything was bound
+        assert not bus.inboxes and bus.pull is None  # refused before anything was bound
     finally:
         await bus.close()
     no_dir = gateway_env(keys)
@@ -217,6 +223,18 @@ async def test_the_gateway_refuses_tcp_endpoints_without_keys(tmp_path, keys):
     (keys / "empty").mkdir(mode=0o700)
     with pytest.raises(ConfigError, match="S2S_CURVE_AUTHORIZED_DIR=.*holds no worker public key"):
         curve.server_keys(gateway_env(keys, S2S_CURVE_AUTHORIZED_DIR=str(keys / "empty")), [ANY_PORT])
+
+
+async def test_a_gateway_without_keys_does_not_connect_to_a_tcp_inbox(tmp_path, caplog):
+    bus = Bus({"S2S_RUN_DIR": str(tmp_path / "run")})
+    bus.start(lambda message, payload: None)
+    try:
+        assert bus.connect("tts-remote", "tcp://127.0.0.1:9") is False and not bus.inboxes
+        assert "tts-remote" in caplog.text and "no CURVE keys" in caplog.text
+        with pytest.raises(WorkerUnavailable):
+            bus.send("tts-remote", TurnCancel(session="s", turn=1))
+    finally:
+        await bus.close()
 
 
 def test_ipc_endpoints_need_no_keys_but_use_configured_ones(keys):
@@ -240,7 +258,7 @@ def run_worker(env, **extra):
 @pytest.mark.parametrize("case", ["no keys", "world-readable secret"])
 def test_a_worker_refuses_tcp_endpoints_without_usable_keys(keys, case):
     # Nothing listens on these ports: the worker must exit before it ever connects.
-    env = {"S2S_RUN_DIR": str(keys / "run"), "S2S_TTS_ENDPOINT": "tcp://127.0.0.1:9",
+    env = {"S2S_RUN_DIR": str(keys / "run"), "S2S_TTS_INBOX_ENDPOINT": "tcp://127.0.0.1:*",
            "S2S_EVENTS_ENDPOINT": "tcp://127.0.0.1:9"}
     if case == "world-readable secret":
         secret = keys / "authorized" / "worker.key_secret"
@@ -305,8 +323,7 @@ def test_an_authorized_dir_others_can_write_to_is_refused(keys):
 
 async def test_a_real_worker_reaches_the_bus_over_tcp_with_curve(keys):
     bus = RunningBus(gateway_env(keys))
-    env = {"S2S_RUN_DIR": str(keys / "run"), "S2S_TTS_ENDPOINT": bus.stage["tts"], "S2S_EVENTS_ENDPOINT": bus.events,
-           "S2S_CONTROL_ENDPOINT": bus.control,
+    env = {"S2S_RUN_DIR": str(keys / "run"), "S2S_TTS_INBOX_ENDPOINT": ANY_PORT, "S2S_EVENTS_ENDPOINT": bus.events,
            "S2S_CURVE_SECRET_KEY_FILE": str(keys / "authorized" / "worker.key_secret"),
            "S2S_CURVE_SERVER_KEY_FILE": str(keys / "gateway" / "gateway.key"),
            "S2S_TTS_THREADS": "0"}  # config/tts.env pins 1 thread, which would import torch
@@ -320,16 +337,17 @@ async def test_a_real_worker_reaches_the_bus_over_tcp_with_curve(keys):
         while not isinstance(message := await bus.next(timeout=max(0.1, deadline - time.monotonic())), StageReady):
             pass
         assert message.backend == "scripted"
-        await bus.send_when_connected("tts", TtsRequest(index=0, text="parts=1", voice="af_heart", session="s",
-                                                        turn=1), timeout=5)
+        worker = message.producer
+        assert bus.bus.inboxes[worker].endpoint.startswith("tcp://127.0.0.1:")  # its hello named its tcp inbox
+        bus.bus.send(worker, TtsRequest(index=0, text="parts=1", voice="af_heart", session="s", turn=1))
         while not isinstance(message := await bus.next(timeout=5), TtsDone):
             pass
         assert (message.session, message.turn, message.parts) == ("s", 1, 1)
-        # the cancel broadcast reaches it over CURVE too: a long item stops
-        bus.bus.send("tts", TtsRequest(index=0, text="parts=50 delay=0.05", voice="af_heart", session="s", turn=2))
+        # a cancel reaches it over CURVE too: a long item stops
+        bus.bus.send(worker, TtsRequest(index=0, text="parts=50 delay=0.05", voice="af_heart", session="s", turn=2))
         while not (isinstance(message := await bus.next(timeout=5), TtsAudio) and message.part == 2):
             pass
-        bus.bus.broadcast(TurnCancel(session="s", turn=2))
+        bus.bus.send(worker, TurnCancel(session="s", turn=2))
         after, until = [], time.monotonic() + 0.7
         while (left := until - time.monotonic()) > 0:
             with contextlib.suppress(asyncio.TimeoutError):

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import FormData
 
 from gateway.settings import GatewaySettings
+from proto import TurnCancel
 from tests.audio import tone_wav
 from tests.fakes.fake_stages import FakeStages
 from tests.gateway_harness import SETTINGS, eventually, turn, wait_ready
@@ -173,8 +174,8 @@ async def test_unknown_persona_is_400(make_client):
     assert resp.status == 400 and "pirate" in (await resp.json())["error"]
 
 
-async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stages):
-    stages.tts_delay = 0.5
+async def test_cancel_ends_the_stream_and_reaches_the_worker_holding_the_turn(make_client, stages):
+    stages.silent.add("llm")  # it holds the turn's reply until the cancel comes
     client = await make_client()
     await wait_ready(client)
     resp = await client.post("/upload", data=tone_wav(1.0))
@@ -186,10 +187,12 @@ async def test_cancel_ends_the_stream_and_reaches_every_stage(make_client, stage
     events = parse_sse(first.decode() + (await stream.text()))
     assert events[-1][0] == "error" and "cancelled" in events[-1][1]["message"]
     assert await eventually(lambda: any(c.turn == 1 for c in stages.cancels))
+    # to the LLM worker that holds the unfinished reply; the ASR worker finished its part
+    assert {stage for stage, m in stages.received if isinstance(m, TurnCancel)} == {"llm"}
 
 
 async def test_client_disconnect_cancels_the_turn(make_client, stages):
-    stages.tts_delay = 0.5
+    stages.silent.add("llm")  # it holds the turn's reply until the cancel comes
     client = await make_client()
     await wait_ready(client)
     session_id = (await (await client.post("/upload", data=tone_wav(1.0))).json())["session_id"]
@@ -198,6 +201,7 @@ async def test_client_disconnect_cancels_the_turn(make_client, stages):
     stream.close()
     assert await eventually(lambda: bool(stages.cancels))
     assert stages.cancels[0].turn == 1
+    assert {stage for stage, m in stages.received if isinstance(m, TurnCancel)} == {"llm"}
 
 
 async def test_a_missing_stage_is_an_error_event_naming_it(make_client, bus_env):

@@ -77,3 +77,42 @@ def test_restarting_one_stage_leaves_the_others_running(product, question, stage
     assert after[stage] != before[stage]
     assert {k: v for k, v in after.items() if k != stage} == {k: v for k, v in before.items() if k != stage}
     assert_complete_turn(asyncio.run(ask(product.url, question.read_bytes())))
+
+
+def test_a_hands_free_turn_over_the_realtime_socket(product, question):
+    """/v1/realtime with the openai SDK on the real processes: Silero VAD ends the turn, the
+    utterance streams to the real ASR worker, and the answer comes back as 24 kHz audio."""
+    from tests.test_realtime import spoken_pcm24
+
+    async def converse():
+        from openai import AsyncOpenAI
+
+        sdk = AsyncOpenAI(api_key="x", websocket_base_url=product.url.replace("http", "ws") + "/v1")
+        seen = []
+        async with sdk.realtime.connect(model="s2s") as connection:
+            pcm, _, _ = spoken_pcm24(question)
+            for start in range(0, len(pcm), 4800):
+                await connection.input_audio_buffer.append(audio=base64.b64encode(pcm[start:start + 4800]).decode())
+            async with asyncio.timeout(180):
+                async for event in connection:
+                    seen.append(event)
+                    if event.type in ("response.done", "error") or (
+                            event.type == "conversation.item.input_audio_transcription.completed"
+                            and not event.transcript):
+                        break
+        return seen
+
+    seen = asyncio.run(converse())
+    kinds = [e.type for e in seen]
+    assert kinds[0] == "session.created" and "error" not in kinds, seen[-1:]
+    order = ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+             "input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
+             "response.created", "response.output_audio.delta", "response.done"]
+    assert set(order) <= set(kinds) and [kinds.index(k) for k in order] == sorted(kinds.index(k) for k in order), kinds
+    transcript = next(e for e in seen if e.type == "conversation.item.input_audio_transcription.completed")
+    assert transcript.transcript, "the tiny ASR model always says something"
+    assert seen[-1].response.status == "completed"
+    audio = b"".join(base64.b64decode(e.delta) for e in seen if e.type == "response.output_audio.delta")
+    assert len(audio) > 0 and len(audio) % 2 == 0
+    status, stages = product.get_json("/api/stages")
+    assert stages["live_turns"] == 0  # the socket closed: nothing left behind

@@ -329,3 +329,42 @@ async def test_side_by_side_runs_each_level_against_both_and_reports_ratios(gate
 def test_side_by_side_refuses_rate_mode(wav_dir, capsys):
     assert cli.main(["--rate", "1", "--compare", "http://127.0.0.1:9", str(wav_dir)]) == 2
     assert "--compare runs concurrency levels" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+async def test_realtime_mode_measures_turns_and_barge_in(gateway, bus_env, tmp_path, capsys):
+    """--realtime: one conversation speaking at real-time pace, each answer interrupted by the
+    next question; the scripted TTS holds its second sentence back so the cut lands mid-answer."""
+    from tests.audio import spoken_wav
+
+    spoken_wav("What is the capital of France?", tmp_path / "question.wav")
+    with FakeStages(bus_env) as stages:
+        stages.tts_delay = 1.5
+        await wait_ready(gateway)
+        code = await asyncio.to_thread(cli.main, [
+            "--url", gateway, "--realtime", "--barge-in", "--turns", "3", "--out", str(tmp_path / "out"),
+            "--quiet", str(tmp_path / "question.wav")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "realtime.json").read_text())
+    assert (report["turns"], report["ok"], report["false_endpoints"]) == (3, 3, 0), report
+    for name in ("speech_end_to_first_audio_s", "speech_end_to_transcript_s"):
+        assert report[name]["n"] == 3 and 0.4 < report[name]["p50"] < 5, report  # 500 ms of silence first
+    assert report["endpoint_to_transcript_s"]["n"] == 3 and report["endpoint_to_transcript_s"]["p50"] < 0.5
+    assert report["barge_in_to_last_audio_s"]["n"] == 2  # the last answer is heard out
+    rows = list(csv.DictReader((tmp_path / "out" / "realtime_turns.csv").open()))
+    assert [r["status"] for r in rows] == ["cancelled", "cancelled", "completed"]
+    assert (tmp_path / "out" / "realtime.png").stat().st_size > 0
+
+
+async def test_realtime_mode_keeps_the_turns_it_had_when_its_time_is_up(gateway, bus_env, tmp_path):
+    from tests.audio import spoken_wav
+
+    spoken_wav("What is the capital of France?", tmp_path / "question.wav")
+    with FakeStages(bus_env):
+        await wait_ready(gateway)
+        code = await asyncio.to_thread(cli.main, [
+            "--url", gateway, "--realtime", "--turns", "5", "--max-seconds", "1.5", "--out", str(tmp_path / "out"),
+            "--quiet", str(tmp_path / "question.wav")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "realtime.json").read_text())
+    assert report["turns"] == 1 and report["errors"] == ["deadline"]  # cut while the question was spoken

@@ -524,6 +524,18 @@ def test_cli_unknown_artifact(env, capsys):
     assert "unknown artifact 'no-such-model'" in capsys.readouterr().err
 
 
+def test_cli_prepare_assembles_the_gateways_artifacts_too(env, capsys, monkeypatch):
+    """run.sh's `s2s-models prepare` gives a fresh machine the turn-detection models as well."""
+    monkeypatch.setattr(cli, "stage_plan", lambda prepare=False, log_line=None: [])  # stages: other tests
+    monkeypatch.setattr(artifacts, "GATEWAY_ARTIFACTS", ("fake-model",))
+    assert cli.main(["--models-dir", str(env.models), "prepare"]) == 0
+    assert f"gateway: fake-model at {env.models / 'fake-model'}" in capsys.readouterr().out
+    assert store.status("fake-model")["verified"]
+    monkeypatch.setattr(artifacts, "GATEWAY_ARTIFACTS", ("fake-model", "no-such-model"))  # one fails: exit 1
+    assert cli.main(["--models-dir", str(env.models), "prepare"]) == 1
+    assert "gateway: no-such-model  (error: unknown model artifact" in capsys.readouterr().out
+
+
 def test_cli_status_json(env, capsys, monkeypatch):
     import json
 

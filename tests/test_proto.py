@@ -63,6 +63,13 @@ def test_golden_bytes():
         "tag": "turn.cancel", "reason": "stop", "v": 1, "session": "s", "turn": 1, "seq": 0, "sent": 0.0,
         "deadline": 0.0, "producer": "",
     }
+    # the worker names the inbox it bound, where the gateway sends it requests and cancels
+    hello = encode(StageHello(stage="tts", backend="b", model="m", device="cpu", pid=7, inbox="ipc:///r/tts-7.in"))[0]
+    assert msgspec.msgpack.decode(hello) == {
+        "tag": "stage.hello", "stage": "tts", "backend": "b", "model": "m", "device": "cpu", "pid": 7, "source": "",
+        "inbox": "ipc:///r/tts-7.in", "v": 1, "session": "", "turn": 0, "seq": 0, "sent": 0.0, "deadline": 0.0,
+        "producer": "",
+    }
 
 
 def test_golden_bytes_of_a_streamed_utterance():

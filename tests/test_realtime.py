@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 
 import numpy as np
@@ -28,8 +29,14 @@ def settings(**realtime):
     return replace(SETTINGS, realtime=RealtimeSettings(**realtime))
 
 
-async def sdk(client):
-    return AsyncOpenAI(api_key="x", websocket_base_url=f"ws://127.0.0.1:{client.server.port}/v1")
+@contextlib.asynccontextmanager
+async def realtime_session(make_client, **limits):
+    """The openai SDK's realtime connection to a fresh gateway, and its session.created."""
+    client = await make_client(settings(**limits))
+    await wait_ready(client)
+    sdk = AsyncOpenAI(api_key="x", websocket_base_url=f"ws://127.0.0.1:{client.server.port}/v1")
+    async with sdk.realtime.connect(model="s2s") as connection:
+        yield connection, await until(connection, "session.created")
 
 
 async def until(connection, event_type: str, seen: list | None = None):
@@ -74,10 +81,7 @@ async def type_and_ask(connection, text: str, until_event: str = "response.done"
 
 
 async def test_a_spoken_turn_push_to_talk_with_the_sdk(make_client, stages):
-    client = await make_client(settings())
-    await wait_ready(client)
-    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
-        created = await until(connection, "session.created")
+    async with realtime_session(make_client) as (connection, created):
         assert created.session.audio.output.format.rate == 24000
         await push_to_talk(connection)
         assert await say(connection) == "What is the capital of France?"
@@ -99,10 +103,11 @@ async def test_a_spoken_turn_push_to_talk_with_the_sdk(make_client, stages):
 
 
 async def test_a_two_turn_conversation_remembers_and_instructions_apply(make_client, stages):
-    client = await make_client(settings())
-    await wait_ready(client)
-    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
-        await until(connection, "session.created")
+    async with realtime_session(make_client) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "semantic_vad", "eagerness": "high"}}}})
+        detection = (await until(connection, "session.updated")).session.audio.input.turn_detection
+        assert (detection.type, detection.eagerness, detection.create_response) == ("semantic_vad", "high", True)
         await connection.session.update(session={"type": "realtime", "instructions": "Answer like a pirate.",
                                                  "audio": {"output": {"voice": "bm_george"}}})
         updated = await until(connection, "session.updated")
@@ -119,10 +124,7 @@ async def test_a_two_turn_conversation_remembers_and_instructions_apply(make_cli
 
 async def test_response_cancel_keeps_only_what_was_delivered(make_client, stages):
     stages.tts_delay = 0.5  # the second sentence comes late: the cancel lands between them
-    client = await make_client(settings())
-    await wait_ready(client)
-    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
-        await until(connection, "session.created")
+    async with realtime_session(make_client) as (connection, created):
         await type_and_ask(connection, "Tell me about Paris.", "response.output_audio.delta")
         await connection.response.cancel()
         done = await until(connection, "response.done")
@@ -138,10 +140,7 @@ async def test_response_cancel_keeps_only_what_was_delivered(make_client, stages
 
 
 async def test_truncate_changes_what_the_next_answer_knows(make_client, stages):
-    client = await make_client(settings())
-    await wait_ready(client)
-    async with (await sdk(client)).realtime.connect(model="s2s") as connection:
-        await until(connection, "session.created")
+    async with realtime_session(make_client) as (connection, created):
         done = await type_and_ask(connection, "Tell me about Paris.")
         item_id = done.response.output[0].id
         # each fake sentence is 100 ms of audio: the listener heard the first and half the second
@@ -192,6 +191,8 @@ def append(pcm: bytes) -> dict:
      "invalid_request_error"),
     (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
      "unsupported_audio_format"),
+    (json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "threshold": 5}}}}}), "invalid_request_error"),
     (json.dumps({"type": "response.create"}), None),  # nothing to answer: a failed response, below
 ])
 async def test_bad_input_gets_an_error_event_and_the_socket_stays_open(make_client, stages, message, code):
@@ -277,3 +278,145 @@ async def test_a_closed_socket_cancels_its_response_on_every_stage(make_client, 
     turn = stages.llm_requests[-1].turn
     assert await eventually(lambda: any(c.turn == turn for c in stages.cancels))
     assert await eventually(lambda: not gateway.live and not client.app[REALTIME].connections)
+
+
+# --- hands-free: server_vad (Silero) on spoken audio, and barge-in --------------------------------
+
+
+def spoken_pcm24(wav_path) -> tuple[bytes, int, int]:
+    """A spoken WAV file as 24 kHz PCM16 with 0.3 s of silence before it and 1 s after, and where
+    its speech starts and ends in ms."""
+    import wave
+
+    with wave.open(str(wav_path)) as w:
+        rate, audio = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
+    audio = np.interp(np.arange(0, len(audio), rate / 24000), np.arange(len(audio)), audio)
+    voiced = np.flatnonzero(np.abs(audio) > 500)
+    pcm = np.concatenate([np.zeros(7200), audio, np.zeros(24000)]).astype("<i2").tobytes()
+    return pcm, int(300 + voiced[0] * 1000 // 24000), int(300 + voiced[-1] * 1000 // 24000)
+
+
+@pytest.fixture(scope="module")
+def question_pcm(tmp_path_factory):
+    from tests.audio import spoken_wav
+
+    return spoken_pcm24(spoken_wav("What is the capital of France?", tmp_path_factory.mktemp("rt") / "q.wav"))
+
+
+async def stream(connection, pcm: bytes, chunk_ms: int = 100):
+    step = 48 * chunk_ms
+    for start in range(0, len(pcm), step):
+        await connection.input_audio_buffer.append(audio=base64.b64encode(pcm[start:start + step]).decode())
+
+
+async def test_a_spoken_turn_with_server_vad(make_client, stages, question_pcm):
+    pcm, speech_start, speech_end = question_pcm
+    async with realtime_session(make_client) as (connection, created):
+        assert created.session.audio.input.turn_detection.type == "server_vad"  # the default
+        await stream(connection, pcm)
+        started = await until(connection, "input_audio_buffer.speech_started")
+        stopped = await until(connection, "input_audio_buffer.speech_stopped")
+        assert speech_start - 300 - 100 <= started.audio_start_ms <= speech_start  # prefix padding 300 ms
+        assert speech_end <= stopped.audio_end_ms <= speech_end + 500 + 150  # after 500 ms of silence
+        committed = await until(connection, "input_audio_buffer.committed")
+        assert committed.item_id == started.item_id == stopped.item_id
+        completed = await until(connection, "conversation.item.input_audio_transcription.completed")
+        assert completed.transcript == stages.transcript
+        done = await until(connection, "response.done")  # create_response: answered unasked
+        assert done.response.status == "completed"
+    # the utterance streamed to ASR is the speech with its padding, not the whole buffer
+    utterance_s = stages.asr_streams[-1].frames * 0.2
+    assert abs(utterance_s - (stopped.audio_end_ms - started.audio_start_ms) / 1000) <= 0.2
+
+
+async def test_barge_in_cancels_the_answer_and_keeps_what_was_heard(make_client, stages, question_pcm):
+    pcm, _, _ = question_pcm
+    stages.tts_delay = 1.0  # the second sentence comes late: the person interrupts before it
+    async with realtime_session(make_client) as (connection, created):
+        await type_and_ask(connection, "Tell me about Paris.", "response.output_audio.delta")
+        answering = stages.llm_requests[-1].turn
+        # a cough: 150 ms of speech, then silence; shorter than the detector's minimum speech
+        first_word = pcm[48 * 300:48 * 450]
+        await stream(connection, first_word + bytes(48 * 600))
+        seen: list = []
+        await stream(connection, pcm)
+        done = await until(connection, "response.done", seen)
+        kinds = [e.type for e in seen]
+        assert kinds.count("input_audio_buffer.speech_started") == 1  # the question's, not the cough's
+        assert kinds.index("input_audio_buffer.speech_started") < kinds.index("response.done")
+        assert done.response.status == "cancelled" and done.response.status_details.reason == "turn_detected"
+        assert done.response.output[0].content[0].transcript == FIRST_SENTENCE
+        assert await eventually(lambda: any(c.turn == answering for c in stages.cancels))
+        stages.tts_delay = 0.0
+        assert (await until(connection, "response.done")).response.status == "completed"  # the new question's
+    assert [m.content for m in stages.llm_requests[-1].history] == [
+        "Tell me about Paris.", FIRST_SENTENCE, stages.transcript]
+
+
+async def test_without_interrupt_response_the_next_turn_waits_for_the_answer(make_client, stages, question_pcm):
+    pcm, _, _ = question_pcm
+    stages.hold_tts = True  # the answer's second sentence waits until the next question is recognised
+    async with realtime_session(make_client) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "interrupt_response": False}}}})
+        await until(connection, "session.updated")
+        await type_and_ask(connection, "Tell me about Paris.", "response.output_audio.delta")
+        await stream(connection, pcm)
+        seen: list = []
+        await until(connection, "conversation.item.input_audio_transcription.completed", seen)
+        stages.hold_tts = False
+        first = await until(connection, "response.done", seen)
+        second = await until(connection, "response.done", seen)
+    kinds = [e.type for e in seen]
+    assert "input_audio_buffer.speech_started" in kinds
+    assert first.response.status == "completed"  # heard out, not interrupted
+    assert kinds.index("response.created") > kinds.index("response.done")  # one response at a time
+    assert second.response.status == "completed" and second.response.id != first.response.id
+    assert [m.content for m in stages.llm_requests[-1].history] == [
+        "Tell me about Paris.", " ".join(stages.sentences), stages.transcript]
+
+
+async def test_gateway_shutdown_tells_every_socket_and_closes_it(make_client, stages):
+    client = await make_client(settings())
+    await wait_ready(client)
+    ws = await open_raw(client)
+    closing = asyncio.create_task(client.server.close())  # what SIGTERM runs: on_shutdown, cleanup
+    event = await ws.receive_json(timeout=10)
+    assert event["type"] == "error" and event["error"]["code"] == "shutting_down"
+    assert (await ws.receive(timeout=10)).type.name in ("CLOSE", "CLOSED")
+    await closing
+
+
+async def test_every_frame_of_an_utterance_reaches_the_worker_that_holds_it(make_client, stages, bus_env):
+    from tests.fakes.fake_stages import FakeStages
+
+    with FakeStages(bus_env, name="second", stages=("asr",)) as second:
+        async with realtime_session(make_client) as (connection, created):
+            await push_to_talk(connection)
+            for _ in range(3):
+                await say(connection, TONE * 2)  # 2 s: ten frames each
+    utterances: dict[tuple[str, int], set[str]] = {}
+    for fake in (stages, second):
+        for stage, message in fake.received:
+            if stage == "asr" and message.session:
+                utterances.setdefault((message.session, message.turn), set()).add(fake.instances["asr"])
+    assert len(utterances) == 3 and all(len(workers) == 1 for workers in utterances.values()), utterances
+    # and the work was shared out: the two workers each held an utterance
+    assert len(set.union(*utterances.values())) == 2
+
+
+async def test_silence_between_turns_never_fills_the_buffer(make_client, stages, question_pcm):
+    pcm, _, _ = question_pcm
+    async with realtime_session(make_client, max_buffer_s=6.0) as (connection, created):
+        for _ in range(3):  # 12 s of silence, more than the buffer holds, at most 4 s in flight at once
+            await stream(connection, bytes(48 * 4000))
+            # a turn_detection update is handled in line with the audio: its answer means all is in
+            await connection.session.update(session={"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": "server_vad"}}}})
+            await until(connection, "session.updated")
+        await stream(connection, pcm)
+        seen: list = []
+        started = await until(connection, "input_audio_buffer.speech_started", seen)
+        await until(connection, "response.done", seen)
+    assert "error" not in [e.type for e in seen]
+    assert started.audio_start_ms > 12_000  # positions still count every appended sample

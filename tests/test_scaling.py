@@ -71,32 +71,42 @@ def test_requests_spread_over_the_workers_of_a_stage(product, question):
 
 
 def test_a_dead_workers_requests_go_to_another_worker(product, question):
-    """One TTS worker is held still with its share of the sentences, then killed: the gateway
-    sends what it held to the stage again, the other worker speaks it, and every turn completes."""
+    """One TTS worker is held still (SIGSTOP) while the gateway says it holds sentences, then
+    killed: exactly what it held is sent to the other worker, which speaks it, and every turn
+    completes."""
     wav = question.read_bytes()
+
+    def holding(pid: int) -> int:  # unfinished requests the gateway sent that worker
+        return next((w["holding"] for w in workers(product, "tts").values() if w["pid"] == pid), 0)
 
     async def scenario():
         _, before = product.get_json("/api/stages")
         pids = product.pids()
         victim, survivor = pids["tts:tts_0"], pids["tts:tts_1"]
-        os.kill(victim, signal.SIGSTOP)  # it takes its share and holds it (under the 3 s that make it "down")
+        streams = [await Stream(product.url).start(wav) for _ in range(3)]
+        held, deadline = 0, time.monotonic() + 120
         try:
-            streams = [await Stream(product.url).start(wav) for _ in range(3)]
-            await wait_for(lambda: all(s.saw("transcript") for s in streams), 60, "transcripts")
-            await asyncio.sleep(1.0)  # the replies' sentences reach both workers
+            while not held:  # catch it with sentences in hand, and freeze it there
+                assert time.monotonic() < deadline, "the gateway never gave the victim a sentence"
+                if holding(victim):
+                    os.kill(victim, signal.SIGSTOP)
+                    await asyncio.sleep(0.3)  # results it sent before it stopped are still read
+                    if not (held := holding(victim)):
+                        os.kill(victim, signal.SIGCONT)
+                await asyncio.sleep(0.05)
         finally:
             os.kill(victim, signal.SIGKILL)
         served_before = {w["pid"]: w["results"] for w in workers(product, "tts").values()}
         await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 120)
         _, after = product.get_json("/api/stages")
         served_after = {w["pid"]: w["results"] for w in workers(product, "tts").values()}
-        return streams, before, after, survivor, served_before, served_after
+        return streams, before, after, survivor, held, served_before, served_after
 
-    streams, before, after, survivor, served_before, served_after = asyncio.run(scenario())
+    streams, before, after, survivor, held, served_before, served_after = asyncio.run(scenario())
     for stream in streams:
         assert_ends_once(stream, "tts")
         assert stream.ending[0] == "done", stream.ending
-    assert after["resent_requests"] > before["resent_requests"]  # what the dead worker held went again
+    assert after["resent_requests"] - before["resent_requests"] == held >= 1  # exactly what it held, once
     assert served_after[survivor] > served_before.get(survivor, 0)
 
 

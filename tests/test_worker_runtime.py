@@ -25,8 +25,9 @@ def run_env():
 class Worker(WorkerProcess):
     """The scripted TTS stage (tests/fakes/scripted_stage.py): request text is its script."""
 
-    def request(self, text, turn=1, index=0, session="s1", **kw):
-        self.bus.send("tts", TtsRequest(index=index, text=text, voice="af_heart", session=session, turn=turn, **kw))
+    def request(self, text, turn=1, index=0, session="s1", to=None, **kw):
+        self.bus.send("tts", TtsRequest(index=index, text=text, voice="af_heart", session=session, turn=turn, **kw),
+                      to=to)
 
 
 @pytest.fixture
@@ -51,6 +52,8 @@ def test_lifecycle_announces_hello_ready_and_heartbeats(worker):
     assert ready.load_s >= 0
     beat = w.bus.wait_for(lambda m: isinstance(m, StageHeartbeat), timeout=3)
     assert beat.state == "ready" and beat.queue_depth == 0
+    # its own inbox, in the run dir, named after it: in the hello, and in every beat for a gateway that starts later
+    assert hello.inbox == beat.inbox == f"ipc://{w.env['S2S_RUN_DIR']}/{hello.producer}.in"
 
 
 def test_lifecycle_messages_wait_for_a_late_gateway_and_keep_their_order(worker):
@@ -78,7 +81,7 @@ def test_cancel_stops_an_item_in_progress(worker):
     w = worker().ready()
     w.request("parts=50 delay=0.05", turn=1)
     w.bus.wait_for(lambda m: isinstance(m, TtsAudio) and m.part == 2)
-    w.bus.broadcast(TurnCancel(session="s1", turn=1))  # as the gateway sends it, to every worker
+    w.bus.send("tts", TurnCancel(session="s1", turn=1))  # as the gateway sends it, to the holder's inbox
     after = w.bus.collect(0.5)
     late = [m for m in after if isinstance(m, TtsAudio)]
     assert len(late) <= 2  # at most what was already in flight when the cancel landed
@@ -87,26 +90,28 @@ def test_cancel_stops_an_item_in_progress(worker):
     assert w.bus.wait_for(lambda m: isinstance(m, TtsDone)).turn == 2
 
 
-def test_a_cancel_reaches_whichever_of_several_workers_holds_the_turn(worker):
-    """Two workers of one stage behind one gateway: the stage's socket hands one request to each,
-    and the gateway's broadcast cancel stops both, whichever holds which."""
+def test_each_of_several_workers_gets_only_what_is_sent_to_its_own_inbox(worker):
+    """Two workers of one stage behind one gateway, each with its own inbox: a request reaches the
+    worker it is addressed to, and a cancel sent to one worker stops its turn there and nowhere else."""
     first = worker()
     second = worker(bus=first.bus)
     readies = {first.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20).producer for _ in range(2)}
-    assert len(readies) == 2
-    first.request("parts=50 delay=0.05", session="s1")
-    first.request("parts=50 delay=0.05", session="s2")
-    holders = {}
-    while len(holders) < 2:
+    assert len(readies) == 2 and set(first.bus.inboxes) == readies
+    holders = {"s1": first.bus.workers["tts"][0], "s2": first.bus.workers["tts"][1]}
+    for session, holder in holders.items():
+        first.request("parts=50 delay=0.05", session=session, to=holder)
+    seen = {}
+    while len(seen) < 2:
         audio = first.bus.wait_for(lambda m: isinstance(m, TtsAudio) and m.part == 2)
-        holders[audio.session] = audio.producer
-    assert set(holders.values()) == readies  # one each
-    for session in holders:
-        first.bus.broadcast(TurnCancel(session=session, turn=1))
+        seen[audio.session] = audio.producer
+    assert seen == holders  # each request went to the worker it was addressed to
+    first.bus.send("tts", TurnCancel(session="s1", turn=1), to=holders["s1"])
+    # the same cancel at the other worker would not stop s2 there either: it is another session
     after = first.bus.collect(0.5)
-    for session in holders:
-        assert len([m for m in after if isinstance(m, TtsAudio) and m.session == session]) <= 2
+    assert len([m for m in after if isinstance(m, TtsAudio) and m.session == "s1"]) <= 2
     assert not any(isinstance(m, TtsDone) for m in after)
+    assert [m.producer for m in after if isinstance(m, TtsAudio) and m.session == "s2"][-1:] == [holders["s2"]]
+    first.bus.send("tts", TurnCancel(session="s2", turn=1), to=holders["s2"])
     assert second.proc.poll() is None
 
 

@@ -1,9 +1,13 @@
-"""scripts/workers.py: the operator's way to run several workers of one stage."""
+"""scripts/workers.py: the operator's way to run several workers of one stage, kept out of the
+tracked files (var/workers.conf, included by supervisord.conf)."""
+
+import shutil
+import subprocess
 
 import pytest
 from supervisor.options import ServerOptions
 
-from scripts.workers import main, set_workers
+from scripts.workers import main, set_workers, worker_counts
 from tests.product import ROOT
 
 CONF = (ROOT / "supervisord.conf").read_text()
@@ -19,26 +23,46 @@ def processes(conf_path):
             for group in options.process_group_configs}
 
 
-def test_two_workers_get_a_name_a_log_and_an_index_each(tmp_path):
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(set_workers(CONF, "tts", 2))
+@pytest.fixture
+def conf(tmp_path):
+    path = tmp_path / "supervisord.conf"
+    path.write_text(CONF)
+    return path
+
+
+def test_two_workers_get_a_name_a_log_and_an_index_each(conf):
+    set_workers(conf.parent / "var" / "workers.conf", "tts", 2)
     got = processes(conf)
-    assert [(name, log.rsplit("/", 1)[1], env["S2S_WORKER_INDEX"]) for name, log, env in got["tts"]] == [
-        ("tts_0", "tts_0.log", "0"), ("tts_1", "tts_1.log", "1")]
+    assert [(name, log, env["S2S_WORKER_INDEX"]) for name, log, env in got["tts"]] == [
+        ("tts_0", str(conf.parent / "var/log/tts_0.log"), "0"), ("tts_1", str(conf.parent / "var/log/tts_1.log"), "1")]
     assert [name for name, _, _ in got["llm"]] == ["llm"]  # the other stages as they were
     assert got["asr"][0][1].endswith("/var/log/asr.log")
 
 
-def test_back_to_one_worker_restores_the_shipped_config():
-    assert set_workers(set_workers(CONF, "llm", 3), "llm", 1) == CONF
+def test_back_to_one_worker_is_the_shipped_config(conf):
+    shipped = processes(conf)
+    local = conf.parent / "var" / "workers.conf"
+    set_workers(local, "llm", 3)
+    set_workers(local, "tts", 2)
+    assert worker_counts(local.read_text()) == {"llm": 3, "tts": 2}
+    set_workers(local, "llm", 1)
+    assert worker_counts(local.read_text()) == {"tts": 2}
+    set_workers(local, "tts", 1)
+    assert processes(conf) == shipped
 
 
-def test_the_command_rewrites_the_file_and_refuses_nonsense(tmp_path, capsys):
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(CONF)
+def test_the_command_writes_the_local_file_not_the_tracked_config(conf, capsys):
     assert main(["asr", "2", "--conf", str(conf), "--no-update"]) == 0
-    assert "numprocs=2" in conf.read_text().split("[program:asr]")[1].split("[program:")[0]
+    assert conf.read_text() == CONF  # the operator's checkout stays clean
+    assert worker_counts((conf.parent / "var" / "workers.conf").read_text()) == {"asr": 2}
+    assert [name for name, _, _ in processes(conf)["asr"]] == ["asr_0", "asr_1"]
     with pytest.raises(SystemExit):
         main(["asr", "0", "--conf", str(conf), "--no-update"])
-    with pytest.raises(ValueError, match="program:gateway"):
-        set_workers("[program:asr]\ncommand=x\n", "gateway", 2)
+    with pytest.raises(SystemExit):
+        main(["gateway", "2", "--conf", str(conf), "--no-update"])
+
+
+@pytest.mark.skipif(not shutil.which("git") or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_git_ignores_the_operators_worker_counts():
+    ignored = subprocess.run(["git", "check-ignore", "-q", "var/workers.conf"], cwd=ROOT)
+    assert ignored.returncode == 0

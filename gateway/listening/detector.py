@@ -4,22 +4,28 @@ Every position is in milliseconds of audio fed so far (plus `start_ms`), counted
 of 32 ms, so the events do not depend on how the audio was chunked, nor on the wall clock: a
 client that stops sending audio in a pause gets no SpeechStopped until more audio arrives.
 
-Per frame: Silero's speech probability. A frame at or above `threshold` is speech; while a turn
-is on, a frame stays speech down to threshold - 0.15 (Silero's own hysteresis), so a soft
-syllable does not end it.
+Per frame: Silero's speech probability. A frame at or above `threshold` is speech. While a turn
+is on, a frame down to threshold - 0.15 does not count as silence either (Silero's own
+hysteresis), so a soft syllable does not end the turn; but the reported end of speech is the end
+of the last frame at or above `threshold` (the softer frames after it are mostly Silero lagging
+behind the end of the word).
 
 - Start: speech must add up to `min_speech_ms` (250 ms by default; a gap over 100 ms before
   that drops it) before SpeechStarted is sent, so a cough, a click or a short "mm" never starts a
   turn (nor interrupts an answer). The event is backdated: `speech_start_ms` is the first speech
   frame, `audio_start_ms` that minus `prefix_padding_ms` (never before the end of the previous
   turn or the last reset).
-- End, server_vad: `silence_duration_ms` of silence after the last speech frame.
+- End, server_vad: `silence_duration_ms` of silence (frames below threshold - 0.15) after the
+  last speech.
 - End, semantic_vad: at each pause of 200 ms, Smart Turn hears the turn so far (its last 8 s).
   Complete: the turn ends there. Not complete: the turn ends only after the eagerness wait of
   silence (high 2 s, medium and auto 4 s, low 8 s; OpenAI's documented maxima), unless speech
   resumes, and then the next pause asks again.
-  SpeechStopped.audio_end_ms is where the turn was declared over (the audio to commit ends
-  there); speech_end_ms is the end of the last speech frame.
+
+SpeechStopped.audio_end_ms is where the turn was declared over (the audio to commit ends there,
+as in the protocol, whose audio_end_ms includes the silence); speech_end_ms is where the speech
+ended, so audio_end_ms - speech_end_ms is the silence waited for (at least silence_duration_ms,
+more by the softer frames that followed the speech).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from gateway.listening.models import FRAME_MS, FRAME_SAMPLES, ListeningModels, V
 
 MIN_SPEECH_MS = 250  # speech needed before a turn starts (a cough or an "mm" is shorter)
 START_GAP_MS = 100  # silence that drops a start still short of MIN_SPEECH_MS
-HYSTERESIS = 0.15  # a turn in progress keeps counting frames down to threshold - this as speech
+HYSTERESIS = 0.15  # in a turn, frames down to threshold - this are not silence (Silero's own rule)
 # Silero's recurrent state drifts in long non-speech and then under-reports the next speech (seen
 # by pipecat): it is cleared every 2 s of audio, only while quiet and after 5 clearly silent frames.
 STATE_RESET_MS = 2000
@@ -55,7 +61,7 @@ class SpeechStarted:
 @dataclass(frozen=True)
 class SpeechStopped:
     audio_end_ms: int  # where the turn was declared over
-    speech_end_ms: int | None = None  # the end of the last speech frame (None only when made by hand)
+    speech_end_ms: int | None = None  # the end of the last frame at or above threshold (None: made by hand)
     reason: str = "silence"  # silence (server_vad) | complete | timeout (semantic_vad)
 
 
@@ -74,9 +80,11 @@ class TurnDetector:
             raise ValueError("semantic_vad needs the Smart Turn model, which this gateway did not load")
         if isinstance(min_speech_ms, bool) or not isinstance(min_speech_ms, int) or not 0 <= min_speech_ms <= MAX_MS:
             raise ValueError(f"min_speech_ms must be a whole number from 0 to {MAX_MS}, got {min_speech_ms!r}")
+        if isinstance(start_ms, bool) or not isinstance(start_ms, int) or start_ms < 0:
+            raise ValueError(f"start_ms must be a whole number of milliseconds from 0, got {start_ms!r}")
         self.models = models
         self.min_speech_ms = min_speech_ms
-        self._start_ms = int(start_ms)
+        self._start_ms = start_ms
         self._low = min(self.config.threshold, max(self.config.threshold - HYSTERESIS, 0.01))
         self._frames = 0  # frames processed, never reset: positions are the stream's
         self._pending = bytearray()  # the tail that does not fill a frame yet
@@ -103,8 +111,9 @@ class TurnDetector:
         self._phase = _QUIET
         self._candidate = 0  # first frame of the speech being confirmed or in progress
         self._candidate_speech = 0  # its speech frames so far
-        self._gap = 0  # its silent frames in a row
-        self._speech_end = 0  # frame after the last speech frame
+        self._gap = 0  # its silent frames since its last speech frame
+        self._speech_end = 0  # frame after the last frame at or above threshold
+        self._voiced_end = 0  # frame after the last frame that was not silence (hysteresis)
         self._turn_start_frame = 0  # first frame of the turn's audio (prefix padding included)
         self._asked = False  # Smart Turn already heard this pause
         self._recent.clear()
@@ -160,6 +169,7 @@ class TurnDetector:
         if self._candidate_speech * FRAME_MS < self.min_speech_ms:
             return None
         self._phase = _SPEAKING
+        self._voiced_end = self._speech_end
         self._asked = False
         speech_start = self._ms(self._candidate)
         audio_start = max(self._floor_ms, speech_start - self.config.prefix_padding_ms)
@@ -167,11 +177,13 @@ class TurnDetector:
         return SpeechStarted(audio_start_ms=audio_start, speech_start_ms=speech_start)
 
     def _speaking(self, index: int, probability: float) -> Event | None:
-        if probability >= self._low:
+        if probability >= self.config.threshold:
             self._speech_end = index + 1
+        if probability >= self._low:
+            self._voiced_end = index + 1
             self._asked = False
             return None
-        silence_ms = (index + 1 - self._speech_end) * FRAME_MS
+        silence_ms = (index + 1 - self._voiced_end) * FRAME_MS
         if not self.config.semantic:
             return self._stop(index, "silence") if silence_ms >= self.config.silence_duration_ms else None
         if silence_ms >= PAUSE_MS and not self._asked:

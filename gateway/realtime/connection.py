@@ -22,7 +22,8 @@ from gateway.realtime.protocol import (SAMPLE_RATE, ClientError, Item, audio_ms,
                                        error_event, failed, new_id, parse_client_event, response_object,
                                        user_text_of)
 from gateway.realtime.session import SessionConfig
-from gateway.realtime.transcription import RATE_ASR, Resampler, Utterance
+from gateway.listening import Resampler24kTo16k, SpeechStarted, SpeechStopped, resample_24k_to_16k
+from gateway.realtime.transcription import Utterance
 from gateway.turn import TurnState
 from proto import ChatMessage
 from services.personas import HISTORY_MESSAGES, PERSONAS
@@ -30,6 +31,10 @@ from services.personas import HISTORY_MESSAGES, PERSONAS
 log = logging.getLogger("s2s.gateway.realtime")
 
 MIN_COMMIT_MS = 100  # the protocol's least audio in a commit
+# With turn detection on and nobody speaking, the buffer keeps only this much recent audio: enough
+# for a start the detector dates back (its minimum speech, a gap, the prefix padding), so hours
+# of silence between turns never fill it.
+LISTENING_KEEP_MS = 5000
 MAX_ITEMS = 200  # conversation items kept per socket (the LLM gets the last HISTORY_MESSAGES)
 
 
@@ -44,10 +49,11 @@ class Connection:
         self.closed = False
         # input: appended audio and buffer commands, handled in order by one task
         self.inputs: asyncio.Queue = asyncio.Queue()
+        self.queued = 0  # bytes of appended audio in `inputs`, not yet handled
         self.buffer = bytearray()  # 24 kHz PCM16 not yet committed
-        self.buffer_start_ms = 0  # where the buffer starts in all the audio appended so far
+        self.consumed = 0  # bytes of the stream before the buffer (committed, cleared or trimmed)
         self.detector = None
-        self.resampler = Resampler()
+        self.resampler = Resampler24kTo16k()
         self.utterance: Utterance | None = None  # streaming to ASR while speech goes on
         self.speech_item: str | None = None
         self.transcribing: asyncio.Task | None = None  # the latest; each waits for the one before
@@ -86,22 +92,19 @@ class Connection:
     def open_turn(self):
         """A bus turn of this socket (an utterance's ASR, or a response), registered so that its
         results, a stage's departure and shutdown reach it."""
-        from gateway.app import LiveTurn
-
-        number = self.conversation.next_turn()
-        turn = LiveTurn(self.conversation, number, asyncio.Queue(), f"realtime:{self.client}")
-        self.gateway.live[(self.conversation.id, number)] = turn
-        return turn
+        return self.gateway.open_turn(self.conversation, self.conversation.next_turn(), f"realtime:{self.client}")
 
     def close_turn(self, turn, finished: bool, reason: str = "") -> None:
+        """The turn is over here; unfinished, its work stops on each worker that holds a part."""
         self.gateway.live.pop((self.conversation.id, turn.number), None)
         if not finished:
-            self.gateway.cancel_on_stages(self.conversation.id, turn.number, reason or "cancelled")
+            self.gateway.dispatch.cancel(self.conversation.id, turn.number, reason or "cancelled")
+        self.gateway.dispatch.end_turn(self.conversation.id, turn.number)
 
     # --- the socket's life -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, "default")
+        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, "default", 0)
         self.config.turn_detection = self.config.turn_detection_effective
         await self.send({"type": "session.created", "session": self.config.as_dict()})
         inputs = self.spawn(self._input_loop())
@@ -149,8 +152,8 @@ class Connection:
             except (asyncio.CancelledError, Exception):
                 pass
         for key in [k for k in self.gateway.live if k[0] == self.conversation.id]:
-            turn = self.gateway.live.pop(key)
-            self.gateway.cancel_on_stages(key[0], key[1], reason)
+            turn = self.gateway.live[key]
+            self.close_turn(turn, False, reason)
             turn.cancel(reason)
 
     # --- client events ---------------------------------------------------------------------------
@@ -177,6 +180,10 @@ class Connection:
 
     async def on_input_audio_buffer_append(self, event: dict) -> None:
         pcm = decode_audio(event, self.settings.max_message_bytes)
+        if self.queued + len(pcm) > self.buffer_cap():  # sent faster than turn detection keeps up
+            raise ClientError("Audio is arriving faster than it can be handled: slow down.",
+                              code="input_audio_buffer_full")
+        self.queued += len(pcm)
         self.inputs.put_nowait(("append", pcm, event.get("event_id")))
 
     async def on_input_audio_buffer_commit(self, event: dict) -> None:
@@ -267,23 +274,34 @@ class Connection:
                 await getattr(self, "_input_" + command)(*args)
             except ClientError as exc:
                 await self.error(exc)
+            except Exception:  # a bug must not leave the socket deaf to audio: say so, go on
+                log.exception("realtime input %s failed", command)
+                await self.error(ClientError("The gateway failed on this audio.", code="server_error",
+                                             type_="server_error"))
 
     async def _input_detection(self, requested: dict | None) -> None:
         """A session.update that sets turn detection: takes effect between appends."""
         if self.speech_item is not None:
             await self._speech_stopped(None)
-        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, requested)
+        self.resampler = Resampler24kTo16k()
+        self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, requested,
+                                                                            self.position_ms())
         await self.send({"type": "session.updated", "session": self.config.as_dict()})
 
+    def buffer_cap(self) -> int:
+        return int(self.settings.max_buffer_s * SAMPLE_RATE) * 2
+
     async def _input_append(self, pcm: bytes, event_id: str | None) -> None:
-        cap = int(self.settings.max_buffer_s * SAMPLE_RATE * 2)
-        if len(self.buffer) + len(pcm) > cap:
+        self.queued -= len(pcm)
+        if self.detector is not None and self.utterance is None:
+            self._forget_before(self.position_ms() - LISTENING_KEEP_MS)
+        if len(self.buffer) + len(pcm) > self.buffer_cap():
             raise ClientError(f"The input audio buffer holds at most {self.settings.max_buffer_s:.0f} s: commit "
                               "or clear it.", code="input_audio_buffer_full", event_id=event_id)
         self.buffer += pcm
         if self.detector is None and self.utterance is None:
             return  # push-to-talk: the buffer goes to ASR when committed
-        pcm16k = self.resampler(pcm)
+        pcm16k = self.resampler.process(pcm)
         if self.utterance is not None:
             self.utterance.feed(pcm16k)
             self.utterance.drain_partials()
@@ -291,10 +309,30 @@ class Connection:
             return
         events = await asyncio.get_running_loop().run_in_executor(self.hub.executor, self.detector.feed, pcm16k)
         for event in events:
-            if type(event).__name__ == "SpeechStarted":
+            if isinstance(event, SpeechStarted):
                 await self._speech_started(event.audio_start_ms)
-            elif type(event).__name__ == "SpeechStopped":
-                await self._speech_stopped(event.audio_end_ms)
+            elif isinstance(event, SpeechStopped) and self.speech_item is not None:
+                await self._speech_stopped(event)
+
+    @property
+    def buffer_start_ms(self) -> int:
+        """Where the buffer starts in all the audio appended so far."""
+        return audio_ms(self.consumed)
+
+    def position_ms(self) -> int:
+        """Where the stream is: all the audio appended so far, in ms (the protocol's timeline)."""
+        return audio_ms(self.consumed + len(self.buffer))
+
+    def _forget_before(self, at_ms: int) -> None:
+        """Drop the buffered audio before a stream position (it will never be part of a turn)."""
+        cut = self._cut(at_ms)
+        del self.buffer[:cut]
+        self.consumed += cut
+
+    def _cut(self, at_ms: int) -> int:
+        """Byte offset of a stream position in the buffer (whole samples, within it)."""
+        offset = (at_ms - self.buffer_start_ms) * SAMPLE_RATE * 2 // 1000
+        return min(max(0, offset - offset % 2), len(self.buffer))
 
     async def _speech_started(self, start_ms: int) -> None:
         self.speech_item = new_id("item")
@@ -304,10 +342,7 @@ class Connection:
             self.response.cancel("turn_detected")
         # the utterance starts at the detector's start (its prefix padding included): the buffer
         # is trimmed to there and streamed to ASR from it
-        keep_from = max(0, (start_ms - self.buffer_start_ms) * SAMPLE_RATE * 2 // 1000)
-        keep_from -= keep_from % 2
-        del self.buffer[:keep_from]
-        self.buffer_start_ms += audio_ms(keep_from)
+        self._forget_before(start_ms)
         await self._open_utterance(bytes(self.buffer))
 
     async def _open_utterance(self, pcm24: bytes) -> None:
@@ -315,16 +350,19 @@ class Connection:
         item_id = self.speech_item
         self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text))
         await self.utterance.begin()
-        self.utterance.feed(Resampler()(pcm24))
+        self.utterance.feed(resample_24k_to_16k(pcm24))
 
-    async def _speech_stopped(self, end_ms: int | None) -> None:
-        """The detector says the turn ended (or turn detection was switched off mid-speech)."""
-        if end_ms is not None:
-            await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms,
-                             "item_id": self.speech_item})
-        speech_end_s = (end_ms - self.buffer_start_ms) / 1000 if end_ms is not None else -1.0
+    async def _speech_stopped(self, event: SpeechStopped | None) -> None:
+        """The detector says the turn ended (None: turn detection was switched off mid-speech)."""
+        if event is None:
+            await self._commit(self.speech_item, -1.0, respond=False)
+            return
+        await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": event.audio_end_ms,
+                         "item_id": self.speech_item})
+        speech_end_ms = event.speech_end_ms if event.speech_end_ms is not None else event.audio_end_ms
         create = (self.config.turn_detection_effective or {}).get("create_response", True)
-        await self._commit(self.speech_item, speech_end_s, respond=create and end_ms is not None)
+        await self._commit(self.speech_item, (speech_end_ms - self.buffer_start_ms) / 1000, respond=create,
+                           end_ms=event.audio_end_ms)
 
     async def _input_commit(self, event_id: str | None) -> None:
         if self.utterance is None and audio_ms(len(self.buffer)) < MIN_COMMIT_MS:
@@ -337,11 +375,14 @@ class Connection:
             await self._open_utterance(bytes(self.buffer))
         await self._commit(item_id, -1.0, respond=False)
 
-    async def _commit(self, item_id: str, speech_end_s: float, respond: bool) -> None:
+    async def _commit(self, item_id: str, speech_end_s: float, respond: bool, end_ms: int | None = None) -> None:
+        """The utterance is over: its audio ends at end_ms (the detector's; None: all buffered),
+        and what came after stays in the buffer for the next."""
         utterance = self.utterance
         self.utterance, self.speech_item = None, None
-        self.buffer_start_ms += audio_ms(len(self.buffer))
-        self.buffer.clear()
+        cut = len(self.buffer) if end_ms is None else self._cut(end_ms)
+        self.consumed += cut
+        del self.buffer[:cut]
         previous = self.items[-1].id if self.items else None
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         item = Item(id=item_id, role="user", audio=True, transcribed=False)
@@ -369,7 +410,16 @@ class Connection:
                              "content_index": 0, "error": {"type": kind, "code": stage, "message": message}})
         previous = self.items[self.items.index(item) - 1].id if self.items.index(item) else None
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item.as_dict()})
-        if respond and problem is None and text and self.response is None:
+        if respond and problem is None and text:
+            await self._answer_when_free()
+
+    async def _answer_when_free(self) -> None:
+        """A detected turn is answered once the response still playing (interrupt_response
+        false) has ended; not when the person has started speaking again meanwhile (the turn
+        that ends next is answered with both in the history)."""
+        while self.response is not None:
+            await self.response.ended.wait()
+        if self.speech_item is None:
             self.start_response()
 
     def _partial(self, item_id: str, text: str) -> None:
@@ -387,7 +437,7 @@ class Connection:
             self.utterance.turn.cancel("cleared")
             self.close_turn(self.utterance.turn, False, "cleared")
             self.utterance, self.speech_item = None, None
-        self.buffer_start_ms += audio_ms(len(self.buffer))
+        self.consumed += len(self.buffer)
         self.buffer.clear()
         if self.detector is not None:
             self.detector.reset()
@@ -423,14 +473,15 @@ class Response:
         self.turn = connection.open_turn()
         self.audio_bytes = 0
         self.reason = ""  # why it was cancelled: turn_detected | client_cancelled
+        self.ended = asyncio.Event()
         self.outcome: dict | None = None  # status details once known
 
     def cancel(self, reason: str) -> None:
         if not self.turn.cancelled.is_set():
             self.reason = reason
             self.turn.cancel(reason)
-            # on every stage at once, not when the turn loop next wakes
-            self.connection.gateway.cancel_on_stages(self.connection.conversation.id, self.turn.number, reason)
+            # on every stage at once (each worker holding a part), not when the turn loop next wakes
+            self.connection.gateway.dispatch.cancel(self.connection.conversation.id, self.turn.number, reason)
 
     def _ids(self) -> dict:
         return {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
@@ -458,9 +509,12 @@ class Response:
                                                     lambda: c.closed or c.ws.closed)
         finally:
             c.close_turn(self.turn, finished, self.reason or "response ended")
-            c.response = None
-            if not c.closed:
-                await self._finish()
+            try:
+                if not c.closed:
+                    await self._finish()
+            finally:  # only now may another response start: its events follow this one's response.done
+                c.response = None
+                self.ended.set()
 
     # --- the turn loop's sink (what SseWriter is for an upload's turn) -----------------------------
 

@@ -4,15 +4,17 @@ threads, never on the event loop."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 log = logging.getLogger("s2s.gateway.realtime")
 
-# A new session listens hands-free, as the protocol's default session does.
-DEFAULT_TURN_DETECTION = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                          "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
+# A new session listens hands-free, as the protocol's default session does (the detector fills in
+# the protocol's defaults: threshold 0.5, prefix padding 300 ms, silence 500 ms)
+DEFAULT_TURN_DETECTION = {"type": "server_vad"}
 
 
+@functools.cache  # thread-safe and read-only once loaded: one copy per process serves every gateway
 def load_listening():
     """The VAD and turn models, or None (then sessions are push-to-talk, and say so)."""
     try:
@@ -27,13 +29,19 @@ def load_listening():
         return None
 
 
-def make_detector(models, requested):
-    """(detector, what took effect) for a session's turn_detection ("default": a new session's)."""
+def make_detector(models, requested, start_ms: int):
+    """(detector, what took effect) for a session's turn_detection ("default": a new session's),
+    its positions counted from start_ms (where the session's audio stream is now)."""
     if requested == "default":
         requested = DEFAULT_TURN_DETECTION if models is not None else None
     if requested is None or models is None:
         return None, None
     from gateway.listening import TurnDetector
 
-    detector = TurnDetector(models, requested)
+    try:
+        detector = TurnDetector(models, requested, start_ms=start_ms)
+    except ValueError as exc:  # checked in session.update; a model this gateway lacks remains
+        from gateway.realtime.protocol import ClientError
+
+        raise ClientError(f"{exc}.", param="session.audio.input.turn_detection") from None
     return detector, detector.effective

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.listening import parse_turn_detection
 from gateway.realtime.protocol import PCM_FORMAT, ClientError
 from services.personas import DEFAULT_PERSONA, PERSONAS, VOICES
 
 MAX_OUTPUT_TOKENS = 220  # the LLM stage's own cap on a reply (S2S_LLM_MAX_NEW_TOKENS default)
-TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
 
 
 @dataclass
@@ -92,10 +92,11 @@ class SessionConfig:
             new["voice"] = voice
         if "turn_detection" in audio_in:
             detection = audio_in["turn_detection"]
-            if detection is not None and (not isinstance(detection, dict)
-                                          or detection.get("type") not in TURN_DETECTION_TYPES):
-                raise ClientError("`turn_detection` is null, or an object of type server_vad or semantic_vad.",
-                                  param="session.audio.input.turn_detection")
+            if detection is not None:
+                try:
+                    parse_turn_detection(detection)
+                except ValueError as exc:
+                    raise ClientError(f"{exc}.", param="session.audio.input.turn_detection") from None
             new["turn_detection"], given_detection = detection, True
         if "transcription" in audio_in:
             transcription = audio_in["transcription"]

@@ -6,40 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
-
-from gateway.bus import StageUnavailable
+from gateway.dispatch import NoWorker
 from proto import AsrFinal, AsrPartial, AsrStreamAudio, AsrStreamEnd, AsrStreamStart, StageError
 
 FRAME_BYTES = 6400  # 0.2 s of 16 kHz PCM16 per asr.stream.audio: few messages, little delay
-RATE_IN, RATE_ASR = 24000, 16000
-
-
-class Resampler:
-    """24 kHz PCM16 to 16 kHz, chunk by chunk, continuous across chunks (linear interpolation:
-    enough for speech recognition and turn detection, which look below 8 kHz)."""
-
-    def __init__(self):
-        self.position = 0.0  # of the next output sample, in input samples from `last`
-        self.last = np.zeros(0, np.float32)
-
-    def __call__(self, pcm24: bytes) -> bytes:
-        audio = np.concatenate([self.last, np.frombuffer(pcm24, "<i2").astype(np.float32)])
-        step = RATE_IN / RATE_ASR
-        count = int(np.floor((len(audio) - 1 - self.position) / step)) + 1 if len(audio) > self.position + 1 else 0
-        points = self.position + step * np.arange(count)
-        out = np.interp(points, np.arange(len(audio)), audio) if count else np.zeros(0)
-        next_position = self.position + step * count
-        keep = int(np.floor(next_position))
-        self.last, self.position = audio[keep:], next_position - keep
-        return np.round(out).astype("<i2").tobytes()
+RATE_ASR = 16000
 
 
 class Utterance:
     """Frames go out as they fill; `finish()` waits for the final transcript.
 
     The ASR work is a turn of its own on the bus (the socket's session, a fresh turn number),
-    registered with the gateway so that results and cancels find it."""
+    registered with the gateway so that results and cancels find it. Its first message goes to
+    the ready ASR worker with the shortest queue, and every later one to that same worker
+    (addressed dispatch, gateway/dispatch.py): a worker keeps the growing utterance."""
 
     def __init__(self, gateway, turn, on_partial):
         self.gateway, self.turn = gateway, turn  # turn: a LiveTurn registered in gateway.live
@@ -48,6 +28,7 @@ class Utterance:
         self.frames = 0
         self.failed: tuple[str, str] | None = None  # (kind, message) once a send failed
         self.started = False
+        self.worker: str | None = None  # the ASR worker that holds the utterance
 
     def _envelope(self, message):
         message.session, message.turn, message.sent = self.turn.conversation.id, self.turn.number, time.monotonic()
@@ -57,8 +38,8 @@ class Utterance:
         if self.failed:
             return
         try:
-            self.gateway.bus.send("asr", self._envelope(message), *payload)
-        except StageUnavailable as exc:
+            self.worker = self.gateway.dispatch.send("asr", self._envelope(message), *payload, to=self.worker)
+        except NoWorker as exc:
             self.failed = ("unavailable", f"The ASR stage is not available: {exc}")
 
     async def begin(self) -> None:
@@ -98,8 +79,10 @@ class Utterance:
                 break
             if self.turn.cancelled.is_set():
                 return "", ("cancelled", "asr", self.turn.cancel_reason)
-            if item is None:
-                continue  # a worker left: its loss shows as a timeout or an error below
+            if item is None:  # a worker left: if it was this utterance's, the utterance is lost
+                if self.worker is not None and self.gateway.board.is_gone(self.worker):
+                    return "", ("unavailable", "asr", "The ASR worker holding this utterance went away.")
+                continue
             message, _payload = item
             if isinstance(message, AsrPartial):
                 self.on_partial(message.text)

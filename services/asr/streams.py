@@ -4,9 +4,10 @@ The worker's compute thread takes a stream's messages in order (one inbox, one t
 Whisper backend). Each audio frame may trigger a decode of the utterance so far, which goes out
 as asr.partial; decodes are spaced so that they take at most about two thirds of real time
 (`PACE`), so the stage stays ahead of the speaker instead of queueing behind them. At the end,
-the last decode stands when it already covered all the speech (the turn detector waits out a
-pause, typically 0.5 s, before it ends an utterance, and the ASR has had that speech meanwhile);
-only a tail it has not seen is decoded then.
+the last decode stands when it already covered all the speech; only a tail it has not seen is
+decoded then. To have that decode ready, a pause is a cue: once 0.2 s of silence follows speech
+the last decode has not seen, the utterance is decoded at once, during the silence the turn
+detector waits out (typically 0.5 s) before it ends the turn.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ SAMPLE_RATE = 16000
 MIN_STEP_S = 0.5  # never decode again for less new audio than this
 FIRST_DECODE_S = 0.8  # nor before the utterance is this long (too little for a useful partial)
 PACE = 1.5  # the next decode waits for 1.5x the last decode's time of new audio
+PAUSE_S = 0.2  # silence after speech that triggers a decode (the turn may be ending)
+PAUSE_MIN_SPEECH_S = 0.3  # ... when at least this much speech came since the last decode
+SILENT_RMS = 0.01  # a frame quieter than this (-40 dBFS) is silence
 MAX_STREAMS = 32  # open utterances kept (the least recently fed goes first)
 MAX_UTTERANCE_S = 120.0
+STALE_S = 60.0  # an utterance fed nothing for this long is forgotten (its gateway went away)
 
 
 @dataclass
@@ -36,9 +41,11 @@ class _Stream:
     samples: int = 0
     frames: int = 0
     decoded: int = 0  # samples the last decode covered
+    voiced_until: int = 0  # samples up to the end of the last frame with speech in it
     text: str = ""
     last_decode_s: float = 0.0
     compute_s: float = 0.0
+    fed: float = field(default_factory=time.monotonic)  # when it last got a message
 
     def audio(self) -> np.ndarray:
         if len(self.chunks) > 1:
@@ -56,6 +63,7 @@ class Streams:
         if isinstance(request, AsrStreamStart):
             if request.sample_rate != SAMPLE_RATE:
                 raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")
+            self._forget_stale(turn)
             self.open[key] = _Stream()
             while len(self.open) > MAX_STREAMS:
                 self.open.popitem(last=False)
@@ -67,11 +75,20 @@ class Streams:
             self.open.pop(key, None)
             return
         self.open.move_to_end(key)
+        stream.fed = time.monotonic()
         if isinstance(request, AsrStreamAudio):
             yield from self._audio(key, stream, request, payload[0])
         elif isinstance(request, AsrStreamEnd):
             del self.open[key]
             yield from self._end(stream, request)
+
+    def _forget_stale(self, turn) -> None:
+        """Utterances whose turn was cancelled (a closed socket, a cleared buffer) or that nothing
+        fed for STALE_S: no more messages will come for them."""
+        cutoff = time.monotonic() - STALE_S
+        is_live = getattr(turn, "is_live", lambda session, number: True)  # in-process: no cancels
+        for key in [k for k, s in self.open.items() if s.fed < cutoff or not is_live(*k)]:
+            del self.open[key]
 
     def _audio(self, key, stream: _Stream, request: AsrStreamAudio, pcm: bytes) -> Iterator:
         if request.index != stream.frames:
@@ -85,11 +102,16 @@ class Streams:
         stream.frames += 1
         stream.chunks.append(audio)
         stream.samples += len(audio)
+        if len(audio) and float(np.sqrt(np.mean(audio ** 2))) >= SILENT_RMS:
+            stream.voiced_until = stream.samples
         if stream.samples > MAX_UTTERANCE_S * SAMPLE_RATE:
             del self.open[key]
             raise BadRequest(f"an utterance is at most {MAX_UTTERANCE_S:.0f} s")
         new_s = (stream.samples - stream.decoded) / SAMPLE_RATE
-        if stream.samples >= FIRST_DECODE_S * SAMPLE_RATE and new_s >= max(MIN_STEP_S, PACE * stream.last_decode_s):
+        paced = stream.samples >= FIRST_DECODE_S * SAMPLE_RATE and new_s >= max(MIN_STEP_S, PACE * stream.last_decode_s)
+        pause = (stream.samples - stream.voiced_until >= PAUSE_S * SAMPLE_RATE
+                 and stream.voiced_until - stream.decoded >= PAUSE_MIN_SPEECH_S * SAMPLE_RATE)
+        if paced or pause:
             self._decode(stream)
             yield AsrPartial(text=stream.text, audio_s=round(stream.decoded / SAMPLE_RATE, 3),
                              compute_s=round(stream.last_decode_s, 4)), ()
@@ -97,7 +119,8 @@ class Streams:
     def _end(self, stream: _Stream, request: AsrStreamEnd) -> Iterator:
         if request.frames != stream.frames:
             raise BadRequest(f"the utterance ended after {request.frames} frames, {stream.frames} arrived")
-        speech_end = request.speech_end_s * SAMPLE_RATE if request.speech_end_s >= 0 else stream.samples
+        # the speech to cover: up to the turn detector's end of speech, else to the last voiced frame
+        speech_end = request.speech_end_s * SAMPLE_RATE if request.speech_end_s >= 0 else stream.voiced_until
         started = time.monotonic()
         if stream.decoded < min(speech_end, stream.samples) or (stream.samples and not stream.decoded):
             self._decode(stream)

@@ -31,6 +31,17 @@ Options:
     --out DIR              where the results go (default loadtest-results/<YYYYmmdd-HHMMSS>/)
     --quiet                no progress bar and no table (the path of report.json is still printed)
 
+Realtime (--realtime): conversations over /v1/realtime instead of uploads: --concurrency N
+sessions at once, --turns turns in each, every .wav input spoken at real-time pace as a
+microphone would (services/loadtest/realtime.py). Reports speech end to first audio, speech end
+to final transcript, the turn detector's end to that transcript, false endpoints and, with --barge-in (the next question interrupts each
+answer as soon as its audio starts), barge-in to the last audio byte of the cancelled answer:
+realtime.json, realtime_turns.csv, realtime.png.
+    --realtime             the mode above
+    --turn-detection T     server_vad (default) or semantic_vad
+    --silence-ms MS        server_vad's silence_duration_ms (default 500)
+    --barge-in             interrupt every answer but the last
+
 Per turn (turns.csv): upload_s (request start to session id), transcript_s, ttfa_s (time to first
 audio) and done_s (each from the end of the upload), the stages' compute times from done.timing
 (asr, llm, llm_first_sentence, tts, tts_first_chunk), chunks, audio_s (sum of the chunk WAV
@@ -134,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--compare", default=None, metavar="URL")
+    parser.add_argument("--realtime", action="store_true")
+    parser.add_argument("--turn-detection", default="server_vad", choices=("server_vad", "semantic_vad"))
+    parser.add_argument("--silence-ms", type=_positive(int), default=500)
+    parser.add_argument("--barge-in", action="store_true")
     return parser
 
 
@@ -161,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"s2s-loadtest: error: the gateway at {target} is not reachable: {problem}", file=sys.stderr)
             return EXIT_USAGE
+    if args.realtime:
+        return _realtime(url, inputs, args)
     config = RunConfig(url=url, inputs=inputs, turns=args.turns, concurrency=args.concurrency or 1, rate=args.rate,
                        max_seconds=args.max_seconds, turn_timeout=args.turn_timeout, persona=args.persona,
                        quiet=args.quiet, fresh=args.fresh)
@@ -173,6 +190,29 @@ def main(argv: list[str] | None = None) -> int:
     runs = asyncio.run(run(config, args.sweep))
     report = _write(runs, described, args.sweep, out_dir, args.quiet)
     print(f"report: {report['files']['report']}")
+    return EXIT_OK
+
+
+def _realtime(url: str, inputs, args) -> int:
+    from services.loadtest.realtime import format_realtime, run_realtime, summarize_realtime, write_realtime
+
+    detection = {"type": args.turn_detection}
+    if args.turn_detection == "server_vad":
+        detection["silence_duration_ms"] = args.silence_ms
+    sessions = args.concurrency or 1
+    try:
+        turns, wall = asyncio.run(run_realtime(url, inputs, sessions, args.turns, args.barge_in, detection,
+                                               args.turn_timeout, args.max_seconds))
+    except ValueError as exc:  # an input that cannot be streamed
+        print(f"s2s-loadtest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    config = {"url": url, "sessions": sessions, "turns_per_session": args.turns, "barge_in": args.barge_in,
+              "turn_detection": detection, "inputs": [i.name for i in inputs]}
+    summary = summarize_realtime(turns, wall, config)
+    files = write_realtime(turns, summary, args.out or default_out_dir())
+    if not args.quiet:
+        print(format_realtime(summary))
+    print(f"report: {files['report']}")
     return EXIT_OK
 
 

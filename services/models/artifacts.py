@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.runtime.errors import ModelError  # noqa: F401  (the base of the errors below; where the stage runtime finds it)
+
 
 @dataclass(frozen=True)
 class Package:
@@ -240,10 +242,6 @@ ARTIFACTS: dict[str, Artifact] = {
     a.name: a for a in (WHISPER_BASE_CT2, WHISPER_BASE_OPENAI, SMOLLM2_135M_INSTRUCT, KOKORO_82M_ONNX,
                          SILERO_VAD, SMART_TURN_V3_2)
 }
-
-
-class ModelError(Exception):
-    """Base of every error about model artifacts."""
 
 
 class UnknownArtifactError(ModelError, KeyError):

@@ -5,9 +5,11 @@ keys (they use them if keys are configured). Any other transport (tcp://, ...) c
 other users or hosts, so then CURVE keys are required: without them the gateway and the workers
 refuse to start with a ConfigError (exit 78) that names the missing setting.
 
-- The gateway is the CURVE server on every socket it binds; a ZAP handler admits only the worker
-  public keys found in S2S_CURVE_AUTHORIZED_DIR.
-- A worker is a CURVE client: its own keypair, and the gateway's public key.
+- The gateway is the CURVE server on every socket it has: the events socket it binds and the PUSH
+  it connects to each worker's inbox (the CURVE roles do not follow bind and connect); a ZAP
+  handler admits only the worker public keys found in S2S_CURVE_AUTHORIZED_DIR.
+- A worker is a CURVE client on both its sockets (the inbox it binds, the events socket it
+  connects to): its own keypair, and the gateway's public key.
 
 Settings (environment; a worker also reads them from its env file):
 
@@ -41,7 +43,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from services.runtime.endpoints import control_endpoint, events_endpoint, stage_endpoint
+from services.runtime.endpoints import events_endpoint
 from services.runtime.errors import ConfigError
 from services.runtime.settings import StageSettings
 
@@ -201,9 +203,10 @@ def client_keys(source: Source, endpoints: Iterable[str]) -> ClientKeys | None:
     return ClientKeys(public, secret, load_public_key(server_file))
 
 
-def worker_keys(settings: StageSettings, stage: str) -> ClientKeys | None:
-    """The keys of a stage worker for the endpoints it connects to (the ones _io_loop uses)."""
-    return client_keys(settings, (stage_endpoint(stage), events_endpoint(), control_endpoint()))
+def worker_keys(settings: StageSettings) -> ClientKeys | None:
+    """The keys of a stage worker for its endpoints (the ones _io_loop uses): the events socket it
+    connects to and the inbox it binds (ipc in the run dir unless INBOX_ENDPOINT names another)."""
+    return client_keys(settings, [e for e in (events_endpoint(), settings.get("INBOX_ENDPOINT")) if e])
 
 
 def secure_server(socket: zmq.Socket, keys: ServerKeys) -> None:

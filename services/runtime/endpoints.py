@@ -1,4 +1,4 @@
-"""Where the bus lives: ipc sockets in a private run directory, one per stage plus events."""
+"""Where the bus lives: ipc sockets in a private run directory, one inbox per worker plus events."""
 
 from __future__ import annotations
 
@@ -23,18 +23,13 @@ def ensure_run_dir(path: Path) -> Path:
     return path
 
 
-def stage_endpoint(stage: str, environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    return env.get(f"S2S_{stage.upper()}_ENDPOINT") or f"ipc://{run_dir(env)}/{stage}.in"
+def inbox_endpoint(instance: str, environ: dict[str, str] | None = None) -> str:
+    """A worker's own inbox by default: an ipc socket in the run dir named after the worker
+    instance. The worker binds it and announces it in its hello; the gateway connects one PUSH to
+    each worker's inbox. `S2S_<STAGE>_INBOX_ENDPOINT` replaces it for a worker on another host."""
+    return f"ipc://{run_dir(environ)}/{instance}.in"
 
 
 def events_endpoint(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("S2S_EVENTS_ENDPOINT") or f"ipc://{run_dir(env)}/events"
-
-
-def control_endpoint(environ: dict[str, str] | None = None) -> str:
-    """The gateway's broadcast to every worker (turn cancels): each worker of each stage hears it,
-    so a cancel reaches whichever worker holds the turn."""
-    env = os.environ if environ is None else environ
-    return env.get("S2S_CONTROL_ENDPOINT") or f"ipc://{run_dir(env)}/control"

@@ -9,5 +9,10 @@ class ConfigError(Exception):
     """A setting, model or optional dependency is missing or wrong; restarting will not help."""
 
 
+class ModelError(Exception):
+    """Base of every error about model artifacts (services/models): a stage that cannot get its
+    model turns it into a ConfigError."""
+
+
 class BadRequest(ValueError):
     """The request itself is unusable (wrong sample rate, unknown voice): reported, not retried."""

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,9 +29,38 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from proto import Envelope, TurnCancel, tag_of
 from services.runtime.errors import ConfigError
 from services.runtime.logs import log_turn
+from services.runtime.settings import StageSettings
 
-if TYPE_CHECKING:
-    from services.runtime.worker import TurnContext, Worker
+
+
+# What the observer reads of the worker (services/runtime/worker.py), declared here so that this
+# module does not import the worker that imports it.
+class ObservedStage(Protocol):
+    name: str
+    request_type: type
+
+
+class LoadedModel(Protocol):
+    backend: str
+    model: str
+    device: str
+    source: str
+
+
+class Worker(Protocol):
+    stage: ObservedStage
+    instance: str
+    settings: StageSettings
+    inbox: queue.Queue
+    state: str
+    busy: int  # requests being computed now
+    busy_since: float  # monotonic
+    dropped_frames: int
+    info: LoadedModel
+
+
+class TurnContext(Protocol):
+    def stale_reason(self) -> str | None: ...
 
 log = logging.getLogger("s2s.worker.requests")
 
@@ -84,7 +114,7 @@ class _StateCollector:
         inbox = GaugeMetricFamily("s2s_worker_inbox_depth", "Requests waiting in the inbox", labels=names)
         inbox.add_metric(values, w.inbox.qsize())
         busy = GaugeMetricFamily("s2s_worker_busy", "Requests being computed now", labels=names)
-        busy.add_metric(values, getattr(w, "_busy", 0))
+        busy.add_metric(values, w.busy)
         busy_s = GaugeMetricFamily("s2s_worker_busy_seconds", "How long the worker has been busy without a break",
                                    labels=names)
         busy_s.add_metric(values, time.monotonic() - w.busy_since if w.state == "busy" else 0.0)

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Callable
 
-from services.runtime.errors import ConfigError
+from services.runtime.errors import ConfigError, ModelError
 from services.runtime.registry import backend_class
 from services.runtime.settings import StageSettings
 from services.runtime.worker import StageInfo
@@ -45,8 +45,6 @@ class BackendStage:
         return StageInfo(self.backend_name, "resolving", self.settings.get("DEVICE", "auto"))
 
     def load(self) -> StageInfo:
-        from services.models.artifacts import ModelError
-
         try:
             plan = self.planner(self.settings, prepare=True, log_line=log.info)
         except ModelError as exc:  # a registry fallback that cannot be assembled

@@ -3,10 +3,13 @@
 Lifecycle: starting -> loading -> ready <-> busy -> draining -> stopped.
 The model runs on the main thread; one I/O thread owns every bus socket, so heartbeats keep
 flowing during a long generation and a stuck compute loop shows up as "busy for N ms".
+Each worker binds its own inbox (requests and cancels for it alone) and names it in its hello and
+heartbeats; the gateway connects to it, so it knows which worker holds each request.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import os
@@ -26,7 +29,7 @@ import proto
 from proto import Envelope, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady
 from proto import TurnCancel
 from services.runtime import curve
-from services.runtime.endpoints import control_endpoint, ensure_run_dir, events_endpoint, run_dir, stage_endpoint
+from services.runtime.endpoints import ensure_run_dir, events_endpoint, inbox_endpoint, run_dir
 from services.runtime.errors import EXIT_CONFIG, BadRequest, ConfigError
 from services.runtime.logs import configure_logging as configure_process_logging
 from services.runtime.logs import turn_fields
@@ -122,6 +125,11 @@ class TurnContext:
     def should_stop(self) -> bool:
         return self.stale_reason() is not None
 
+    def is_live(self, session: str, turn: int) -> bool:
+        """Whether another turn is still wanted (a stage that keeps state across requests, as
+        ASR keeps streamed utterances, forgets those of cancelled turns)."""
+        return self._book.is_live(session, turn)
+
 
 class Worker:
     def __init__(self, stage: Stage, settings: StageSettings):
@@ -133,7 +141,7 @@ class Worker:
         self._arrivals = itertools.count()
         # Requests handled at once, each on its own compute thread (for backends that allow it).
         self.parallel = max(1, settings.get_int("PARALLEL", 1))
-        self._busy = 0
+        self._busy = 0  # requests being computed now (under _busy_lock)
         self._busy_lock = threading.Lock()
         self.book = TurnBook()
         self.draining = threading.Event()
@@ -154,8 +162,15 @@ class Worker:
         self.info = stage.describe()  # heartbeats carry it, so a restarted gateway learns it too
         # Lifecycle messages are retried briefly: the events socket may not be connected yet.
         self._retry: list[tuple[float, list[bytes]]] = []
+        self.inbox_address = ""  # the endpoint bound for requests (tcp: with the port chosen)
+        self._inbox_socket: zmq.Socket | None = None
         self._io = threading.Thread(target=self._io_loop, name=f"{stage.name}-io", daemon=True)
         self.observe = WorkerObserver(self)  # metrics and request logs (services/runtime/observe.py)
+
+    @property
+    def busy(self) -> int:
+        """Requests being computed now (each on its compute thread)."""
+        return self._busy
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -182,32 +197,41 @@ class Worker:
 
     # --- the I/O thread ------------------------------------------------------------------------
 
+    def _bind_inbox(self) -> None:
+        """Bind this worker's own inbox before the hello names it (the I/O thread then owns it)."""
+        sock = self._ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        curve.secure_client(sock, curve.worker_keys(self.settings))  # tcp: only the gateway gets in
+        endpoint = self.settings.get("INBOX_ENDPOINT") or inbox_endpoint(self.instance)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind this worker's inbox {endpoint} "
+                              f"({self.settings.prefix}INBOX_ENDPOINT): {exc}") from None
+        self._inbox_socket = sock
+        self.inbox_address = sock.last_endpoint.decode()
+
     def _io_loop(self) -> None:
-        pull = self._ctx.socket(zmq.PULL)
+        pull = self._inbox_socket
         push = self._ctx.socket(zmq.PUSH)
-        control = self._ctx.socket(zmq.SUB)  # cancels, broadcast to every worker of every stage
-        keys = curve.worker_keys(self.settings, self.stage.name)  # None: plain ipc (checked in main)
-        for sock in (pull, push, control):
-            sock.setsockopt(zmq.LINGER, 0)
-            curve.secure_client(sock, keys)  # tcp: authenticated to the gateway with CURVE
+        push.setsockopt(zmq.LINGER, 0)
+        curve.secure_client(push, curve.worker_keys(self.settings))  # tcp: authenticated to the gateway with CURVE
         # Nothing stale is queued for a gateway that is not there (or restarts).
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, 1000)
-        control.setsockopt(zmq.SUBSCRIBE, b"")
-        pull.connect(stage_endpoint(self.stage.name))
         push.connect(events_endpoint())
-        control.connect(control_endpoint())
         self._push = push
         poller = zmq.Poller()
-        for sock in (pull, control, self._outbox_pull):
+        for sock in (pull, self._outbox_pull):
             poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while not self.stopped.is_set():
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
                 for sock, _ in poller.poll(min(timeout_ms, 200)):
-                    if sock is pull or sock is control:
-                        self._receive_safely(sock.recv_multipart(copy=True), push, requests=sock is pull)
+                    if sock is pull:
+                        self._receive_safely(sock.recv_multipart(copy=True), push)
                     else:
                         self._forward_outbox(push)
                 if self._retry:
@@ -226,15 +250,14 @@ class Worker:
                 self._resend()
         finally:
             push.close(linger=500)
-            pull.close()
-            control.close()
+            pull.close()  # an ipc inbox's socket file goes with it
 
     def _heartbeat(self) -> StageHeartbeat:
         busy_ms = int((time.monotonic() - self.busy_since) * 1000) if self.state == "busy" else 0
         return StageHeartbeat(stage=self.stage.name, state=self.state, busy_ms=busy_ms,
                               queue_depth=self.inbox.qsize(), dropped_frames=self.dropped_frames,
                               backend=self.info.backend, model=self.info.model, device=self.info.device,
-                              source=self.info.source)
+                              source=self.info.source, inbox=self.inbox_address)
 
     def _forward_outbox(self, push: zmq.Socket) -> None:
         retry, *frames = self._outbox_pull.recv_multipart(copy=True)
@@ -261,18 +284,17 @@ class Worker:
                 return
             self._retry.pop(0)
 
-    def _receive_safely(self, frames: list[bytes], push: zmq.Socket, requests: bool = True) -> None:
+    def _receive_safely(self, frames: list[bytes], push: zmq.Socket) -> None:
         """One frame that trips a bug must not end the I/O thread: the process would live on, deaf
         and without heartbeats, so its supervisor would never restart it."""
         try:
-            self._receive(frames, push, requests)
+            self._receive(frames, push)
         except Exception:
             self.dropped_frames += 1
             log.exception("dropped a frame that could not be handled")
 
-    def _receive(self, frames: list[bytes], push: zmq.Socket, requests: bool = True) -> None:
-        """A frame from the stage's socket (requests, and cancels from an older gateway) or, with
-        requests False, from the control broadcast (cancels only)."""
+    def _receive(self, frames: list[bytes], push: zmq.Socket) -> None:
+        """A frame from this worker's inbox: a request for its stage, or a cancel of a turn."""
         try:
             message, payload = proto.decode(frames)
         except ProtocolError as exc:
@@ -283,7 +305,7 @@ class Worker:
             self.book.cancel(message.session, message.turn)
             self.observe.received(message)
             return
-        if not requests or not isinstance(message, self.stage.request_type):
+        if not isinstance(message, self.stage.request_type):
             self.dropped_frames += 1
             log.warning("dropped unexpected %s", proto.tag_of(message))
             return
@@ -315,13 +337,19 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         ensure_run_dir(run_dir())
+        try:
+            self._bind_inbox()
+        except ConfigError as exc:
+            log.error("%s stage cannot start: %s", self.stage.name, exc)
+            return EXIT_CONFIG
         self._io.start()
         try:
             self.state = "loading"
             started = time.monotonic()
             wanted = self.stage.describe()
             self.send(StageHello(stage=self.stage.name, backend=wanted.backend, model=wanted.model,
-                                 device=wanted.device, pid=os.getpid(), source=wanted.source))
+                                 device=wanted.device, pid=os.getpid(), source=wanted.source,
+                                 inbox=self.inbox_address))
             try:
                 info = self.stage.load()
             except ConfigError as exc:
@@ -427,10 +455,14 @@ def apply_cpu_settings(settings: StageSettings) -> None:
 
 def main(stage_factory) -> None:
     """Entry point shared by s2s-asr, s2s-llm and s2s-tts."""
-    configure_logging(stage_factory.name)
+    name = stage_factory.name
+    argparse.ArgumentParser(prog=f"s2s-{name}", description=f"Run one {name} stage worker. Settings come from "
+                            f"S2S_{name.upper()}_* environment variables over config/{name}.env "
+                            f"(README, Settings).").parse_args()
+    configure_logging(name)
     try:
         settings = StageSettings.load(stage_factory.name)
-        curve.worker_keys(settings, stage_factory.name)  # tcp endpoints without CURVE keys: refused
+        curve.worker_keys(settings)  # tcp endpoints without CURVE keys: refused
         apply_cpu_settings(settings)
         stage = stage_factory(settings)
     except ConfigError as exc:

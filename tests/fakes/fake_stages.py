@@ -8,16 +8,20 @@ import time
 import zmq
 
 import proto
-from proto import (AsrFinal, AsrPartial, AsrRequest, AsrStreamAudio, AsrStreamEnd, LlmDone, LlmRequest, LlmSentence, StageHeartbeat, StageHello, StageReady,
-                   TtsAudio, TtsDone, TtsRequest, TurnCancel)
-from services.runtime.endpoints import STAGES, control_endpoint, events_endpoint, stage_endpoint
+from proto import (AsrFinal, AsrPartial, AsrRequest, AsrStreamAudio, AsrStreamEnd, LlmDone, LlmRequest, LlmSentence,
+                   StageHeartbeat, StageHello, StageReady, TtsAudio, TtsDone, TtsRequest, TurnCancel)
+from services.runtime.endpoints import STAGES, events_endpoint, inbox_endpoint
 
 
 class FakeStages:
+    """One fake worker per stage named, each with its own inbox (instance `<name>-<stage>`), as
+    the real workers have; several FakeStages of different names make several workers per stage."""
+
     def __init__(self, environ: dict[str, str], transcript: str = "What is the capital of France?",
                  sentences: tuple[str, ...] = ("Paris is the capital of France.", "It is lovely."),
-                 stages: tuple[str, ...] = STAGES):
+                 stages: tuple[str, ...] = STAGES, name: str = "fake"):
         self.environ = environ
+        self.instances = {stage: f"{name}-{stage}" for stage in stages}
         self.transcript = transcript
         self.sentences = sentences
         self.stages = stages
@@ -25,7 +29,9 @@ class FakeStages:
         self.tts_requests: list[TtsRequest] = []
         self.asr_streams: list[AsrStreamEnd] = []  # streamed utterances, by their end
         self.cancels: list[TurnCancel] = []
+        self.received: list[tuple[str, object]] = []  # (stage, message): everything its inboxes took
         self.tts_delay = 0.0
+        self.hold_tts = False  # hold every sentence but a turn's first until this is lifted (loop stays live)
         self.silent: set[str] = set()  # stages that take requests and never answer (a lost request)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -38,6 +44,10 @@ class FakeStages:
         self.stop.set()
         self.thread.join(5)
 
+    def kill(self) -> None:
+        """Gone at once, as after kill -9: no bye, its inboxes closed."""
+        self.__exit__()
+
     def _run(self) -> None:
         ctx = zmq.Context()
         push = ctx.socket(zmq.PUSH)
@@ -45,36 +55,41 @@ class FakeStages:
         push.connect(events_endpoint(self.environ))
         pulls = {}
         poller = zmq.Poller()
+        inboxes = {}
         for stage in self.stages:
             sock = ctx.socket(zmq.PULL)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(stage_endpoint(stage, self.environ))
+            sock.bind(inbox_endpoint(self.instances[stage], self.environ))
+            inboxes[stage] = sock.last_endpoint.decode()
             pulls[sock] = stage
             poller.register(sock, zmq.POLLIN)
-        control = ctx.socket(zmq.SUB)  # the gateway's cancels, as every worker hears them
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.SUBSCRIBE, b"")
-        control.connect(control_endpoint(self.environ))
-        pulls[control] = "control"
-        poller.register(control, zmq.POLLIN)
-
         def send(message, *payload, reply_to=None):
+            kind, _, _ = proto.tag_of(message).partition(".")  # tts.done -> tts; stage.hello names it
+            stage = message.stage if kind == "stage" else kind
             if reply_to is not None:
                 message.session, message.turn = reply_to.session, reply_to.turn
-            message.producer = "fake"
+            message.producer = self.instances[stage]
             push.send_multipart(proto.encode(message, *payload))
 
         for stage in self.stages:
-            send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0))
+            send(StageHello(stage=stage, backend="fake", model="fake", device="cpu", pid=0, inbox=inboxes[stage]))
             send(StageReady(stage=stage, backend="fake", model="fake", device="cpu", load_s=0.0))
+        def speak(request):
+            pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
+            send(TtsAudio(index=request.index, part=0, text=request.text, sample_rate=24000,
+                          compute_s=0.01), pcm, reply_to=request)
+            send(TtsDone(index=request.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=request)
+
+        held = []  # TTS requests waiting for hold_tts to be lifted
         next_beat = 0.0
         while not self.stop.is_set():
             if time.monotonic() > next_beat:
                 for stage in self.stages:
-                    send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0))
+                    send(StageHeartbeat(stage=stage, state="ready", busy_ms=0, queue_depth=0, inbox=inboxes[stage]))
                 next_beat = time.monotonic() + 0.5
             for sock, _ in poller.poll(50):
                 message, payload = proto.decode(sock.recv_multipart())
+                self.received.append((pulls[sock], message))
                 if pulls[sock] in self.silent and not isinstance(message, TurnCancel):
                     continue
                 if isinstance(message, TurnCancel):
@@ -96,12 +111,14 @@ class FakeStages:
                                  compute_s=0.02, first_sentence_s=0.01), reply_to=message)
                 elif isinstance(message, TtsRequest):
                     self.tts_requests.append(message)
+                    if self.hold_tts and message.index > 0:
+                        held.append(message)
+                        continue
                     time.sleep(self.tts_delay)
-                    pcm = b"\x00\x10" * 2400  # 0.1 s at 24 kHz
-                    send(TtsAudio(index=message.index, part=0, text=message.text, sample_rate=24000,
-                                  compute_s=0.01), pcm, reply_to=message)
-                    send(TtsDone(index=message.index, parts=1, compute_s=0.01, audio_s=0.1), reply_to=message)
+                    speak(message)
+            while held and not self.hold_tts:
+                speak(held.pop(0))
         push.close(0)
-        for sock in pulls:  # the stages' sockets and the control socket
+        for sock in pulls:  # the stages' inboxes
             sock.close(0)
         ctx.term()
