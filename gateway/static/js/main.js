@@ -29,9 +29,6 @@ const HANDS_FREE_DETECTION = { type: "semantic_vad", eagerness: "auto", create_r
 // adapting, so speech then must go on for CONFIRM_MS before it interrupts; later it interrupts at once.
 const HOLD_OFF_MS = 2000;
 const CONFIRM_MS = 600;
-// The server keeps appended audio until a turn starts, up to its cap (60 s): while nobody
-// speaks, the page clears it every IDLE_CLEAR_MS of audio so a quiet room never fills it.
-const IDLE_CLEAR_MS = 20000;
 const MIN_RECORDING_MS = 300;      // shorter presses are almost always accidental
 const MAX_RECORDING_MS = 60000;    // a stuck press ends by itself
 const DEBUG_LOG_SIZE = 1000;
@@ -546,17 +543,7 @@ async function startListening() {
   }
   try {
     await ensureClient();
-    let sinceClear = 0;
-    const capture = new Capture(app.ctx, (pcm) => {
-      if (!app.client) return;
-      app.client.append(pcm);
-      sinceClear += pcm.byteLength / 48;
-      const phase = app.client.phase;
-      if (sinceClear >= IDLE_CLEAR_MS && (phase === "listening" || phase === "answering") && !app.bargeIn) {
-        app.client.clearInput();
-        sinceClear = 0;
-      }
-    });
+    const capture = new Capture(app.ctx, (pcm) => { if (app.client) app.client.append(pcm); });
     app.capture = capture;
     if (app.error && app.error.kind !== "gateway") clearError();
     await capture.start();
