@@ -3,8 +3,10 @@
 import asyncio
 import base64
 import io
+import re
 import subprocess
 import wave
+from pathlib import Path
 
 import pytest
 from aiohttp import FormData
@@ -344,7 +346,28 @@ async def test_the_page_never_inserts_server_text_as_html(make_client):
     page as text: no HTML-parsing sink appears anywhere in the page's code."""
     client = await make_client()
     page = await (await client.get("/")).text()
-    script = await (await client.get("/static/app.js")).text()
+    script = "\n".join([await (await client.get(f"/static/js/{m.name}")).text() for m in PAGE_MODULES])
     assert "textContent" in script
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script and sink not in page, sink
+
+
+PAGE_MODULES = sorted((Path(__file__).parents[1] / "gateway" / "static" / "js").glob("*.js"))
+
+
+async def test_the_page_loads_as_native_es_modules_served_as_javascript(make_client):
+    """No bundler: index.html loads main.js as a module, every module and the capture worklet
+    come from the gateway with a JavaScript type (browsers refuse a module otherwise, the more so
+    with nosniff) under the same CSP, and every import names a file that is there."""
+    client = await make_client()
+    page = await (await client.get("/")).text()
+    assert '<script type="module" src="/static/js/main.js"></script>' in page
+    assert "capture-worklet.js" in {m.name for m in PAGE_MODULES}
+    for module in PAGE_MODULES:
+        resp = await client.get(f"/static/js/{module.name}")
+        assert resp.status == 200, module.name
+        assert resp.content_type in ("text/javascript", "application/javascript"), (module.name, resp.content_type)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+        for imported in re.findall(r'^import .* from "\./([\w-]+\.js)";$', await resp.text(), re.M):
+            assert (module.parent / imported).exists(), (module.name, imported)

@@ -1,0 +1,276 @@
+"""The page in conversation over /v1/realtime: Debian's headless Chromium driven by Playwright, a
+WAV file of spoken questions and silences as the microphone, the real product (supervisord, turn
+detection, tiny random-weight models) behind it. The page's own instrumentation (`window.s2s`:
+chunks with their scheduled start, end and gap, marks, the commands it sent) is what is checked.
+
+Chromium's fake microphone plays the WAV from its start when the page opens the microphone, so
+the questions come at known offsets from then. The answers are long (32 tokens: several seconds
+of tiny-Kokoro audio in two chunks or more). Barge-in has to land in the middle of an answer, past
+the echo guard's first seconds, however long the machine took to start it: there the test speaks
+into a microphone of its own (INJECTED_MIC) at the moment it chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from tests.audio import spoken_wav
+from tests.product import running, tiny_env
+from tests.test_browser import ARGS, CHROMIUM, DESKTOP, FAKE_UI, TURN_MS, Tab, playwright, shots  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+# hands-free starts by itself once the microphone is allowed, as it does for a person who allowed
+# it before; a page may only start audio without a click when the browser lets it
+AUTOPLAY = "--autoplay-policy=no-user-gesture-required"
+BARGE_IN_STOP_MS = 300  # the answer's audio stops within this of the page hearing speech start
+MAX_GAP_MS = 20  # silence between consecutive chunks of one answer
+LATE_SLACK_MS = 150  # a late chunk: decoding it and the player's lead, beyond the wait for it
+
+
+@pytest.fixture(scope="module")
+def product(tiny_whisper, tiny_qwen2, tiny_kokoro):
+    with running({**tiny_env(tiny_whisper, tiny_qwen2, tiny_kokoro), "S2S_LLM_MAX_NEW_TOKENS": "32"}) as product:
+        yield product
+
+
+def conversation_wav(path: Path, parts: list) -> Path:
+    """A WAV of spoken text (str) and silences (float, seconds), in order."""
+    pieces, rate = [], None
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            with wave.open(str(spoken_wav(part, path.with_suffix(f".{i}.wav")))) as w:
+                rate = w.getframerate()
+                pieces.append(np.frombuffer(w.readframes(w.getnframes()), "<i2"))
+        else:
+            pieces.append(part)
+    rate = rate or 22050
+    audio = np.concatenate([np.zeros(int(p * rate), "<i2") if isinstance(p, float) else p for p in pieces])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(audio.tobytes())
+    return path
+
+
+# A microphone the test speaks into when it chooses (for barge-in, which must land in the middle
+# of an answer however long the machine took to start it): getUserMedia gets a stream of the
+# page's own audio graph, and s2sTestMic.say(i) plays the i-th WAV into it.
+INJECTED_MIC = """(() => {
+  const clips = %s;
+  let ctx = null, dest = null;
+  window.s2sTestMic = {
+    constraints: null,
+    async say(i) {
+      const bin = atob(clips[i]);
+      const bytes = new Uint8Array(bin.length);
+      for (let k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
+      const source = ctx.createBufferSource();
+      source.buffer = await ctx.decodeAudioData(bytes.buffer);
+      source.connect(dest);
+      source.start();
+      return performance.now();
+    },
+  };
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    s2sTestMic.constraints = constraints;
+    ctx = ctx || new AudioContext();
+    dest = dest || ctx.createMediaStreamDestination();
+    return dest.stream;
+  };
+})();"""
+
+
+class Conversation:
+    """A browser whose microphone says `wav` (or what `init` makes it say), and one tab of the
+    page in hands-free mode."""
+
+    def __init__(self, playwright, product, wav: Path, init: str | None = None):
+        self.browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=[*ARGS, FAKE_UI, AUTOPLAY, f"--use-file-for-fake-audio-capture={wav}"])
+        context = self.browser.new_context(viewport=DESKTOP)
+        context.grant_permissions(["microphone"], origin=product.url)
+        # the astronaut answers in two chunks or more: a short first clause, then the rest
+        context.add_init_script("localStorage.setItem('s2s.persona', 'astronaut')")
+        if init:
+            context.add_init_script(init)
+        self.tab = Tab(context, product.url, mode=None)
+        self.tab.page.goto(product.url + "/")
+
+    def __enter__(self) -> Tab:
+        return self.tab
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                self.tab.check_clean()
+        finally:
+            self.browser.close()
+
+
+def answers(t: Tab) -> list[dict]:
+    return t.js("""() => [...document.querySelectorAll('#conversation > li')].map(li => ({
+        user: li.querySelector('.msg--user .msg__text').textContent,
+        reply: li.querySelector('.msg--assistant .msg__text').textContent,
+        note: li.querySelector('.msg__note').hidden ? '' : li.querySelector('.msg__note').textContent,
+        latency: Object.fromEntries([...li.querySelectorAll('.latency__item')].map(i =>
+            [i.dataset.key, parseFloat(i.querySelector('dd').textContent)]))}))""")
+
+
+def marks(t: Tab, name: str) -> list[dict]:
+    return t.js("n => s2s.marks.filter(m => m.name === n)", name)
+
+
+def listening(t: Tab) -> None:
+    """The page started hands-free by itself: no key, no click."""
+    t.wait("() => window.s2s && ['listening', 'hearing'].includes(s2s.state)", 30_000)
+    assert t.js("() => s2s.mode") == "hands-free"
+    assert t.js("() => localStorage.getItem('s2s.mode')") is None  # the default, not a stored choice
+    assert t.js("() => document.getElementById('persona').value") == "astronaut"  # remembered
+
+
+def test_hands_free_two_questions_get_two_answers_with_nothing_pressed(playwright, product, shots, tmp_path):
+    wav = conversation_wav(tmp_path / "two.wav", ["What is the capital of France?", 4.0,
+                                                  "And what is the capital of Spain?", 120.0])
+    with Conversation(playwright, product, wav) as t:
+        listening(t)
+        t.wait("() => s2s.marks.filter(m => m.name === 'transcript').length >= 2", TURN_MS)
+        t.wait("() => s2s.marks.filter(m => m.name === 'done').length >= 1", TURN_MS)
+        t.wait("() => s2s.state === 'listening' && document.querySelectorAll('#conversation > li').length === 2"
+               " && !document.querySelector('#conversation .msg__text--pending')", TURN_MS)
+        shots(t.page, "hands-free")
+        turns = answers(t)
+        assert len(turns) == 2, turns
+        assert all(turn["user"].strip() and turn["reply"].strip() for turn in turns), turns
+        # the second question may come while the first answer plays: then it interrupts that one
+        first, second = turns
+        assert first["note"] in ("", "Interrupted."), turns
+        assert first["note"] or first["latency"]["first_audio"] > 0, turns
+        assert second["latency"]["first_audio"] > 0 and not second["note"], turns  # from the end of speech
+        assert not marks(t, "press") and not marks(t, "release")
+        sent = [s[1] for s in t.js("() => s2s.sent")]
+        assert sent[0] == "session.update" and "input_audio_buffer.commit" not in sent  # the server found the turns
+        update = t.js("() => s2s.sent[0][2].session")
+        assert update["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+
+
+def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_what_was_heard(
+        playwright, product, tmp_path):
+    clips = [base64.b64encode(conversation_wav(tmp_path / f"{i}.wav", [text, 0.5]).read_bytes()).decode()
+             for i, text in enumerate(["What is the capital of France?", "Wait, tell me about Spain instead."])]
+    silence = conversation_wav(tmp_path / "silence.wav", [1.0])
+    with Conversation(playwright, product, silence, INJECTED_MIC % json.dumps(clips)) as t:
+        listening(t)
+        constraints = t.js("() => s2sTestMic.constraints.audio")
+        assert constraints["echoCancellation"] and constraints["noiseSuppression"] and constraints["autoGainControl"]
+        t.js("() => { window.levels = []; setInterval(() => levels.push([performance.now(), s2s.outputLevel()]), 5); }")
+        t.js("() => s2sTestMic.say(0)")
+        # past the echo guard's first seconds of the answer, the second question
+        t.wait("""() => { const now = performance.now(), c = s2s.chunks.filter(c => c.startedAt !== null);
+                          return c.length && c.filter(x => x.sessionId === c[0].sessionId).reduce((heard, x) =>
+                              heard + Math.max(0, Math.min(now, x.startedAt + x.duration) - x.startedAt), 0) >= 2300; }""",
+               2 * TURN_MS)
+        t.js("() => s2sTestMic.say(1)")
+        t.wait("() => s2s.marks.some(m => m.name === 'interrupted')", TURN_MS)
+        t.wait("() => s2s.marks.filter(m => m.name === 'done').length >= 1 && s2s.state === 'listening'", TURN_MS)
+        first, second = answers(t)[:2]
+        interrupted = marks(t, "interrupted")[0]
+        started = [m for m in marks(t, "speech_started") if m["at"] <= interrupted["at"]][-1]
+        cut_session = t.js("() => s2s.marks.find(m => m.name === 'interrupted').sessionId")
+        chunks = t.js("id => s2s.chunks.filter(c => c.sessionId === id)", cut_session)
+        heard = [c for c in chunks if c["startedAt"] is not None]
+        assert heard and heard[-1]["stopped"], chunks
+        assert heard[-1]["endedAt"] - started["at"] <= BARGE_IN_STOP_MS, (started, heard[-1])
+        # what the speakers got: silent from then until the next answer
+        next_start = min([c["startedAt"] for c in t.js("() => s2s.chunks") if c["startedAt"]
+                          and c["sessionId"] != cut_session and c["startedAt"] > started["at"]] or [1e12])
+        levels = t.js("() => levels")
+        # (the analyser sees audio a few ms before the output clock says it is heard)
+        loud = [at for at, level in levels if level > 0 and started["at"] + BARGE_IN_STOP_MS < at < next_start - 100]
+        assert not loud, (loud[0] - started["at"], next_start - started["at"], len(loud), chunks)
+        assert first["note"] == "Interrupted." and not second["note"], (first, second)
+
+        # the page told the server how much was played ...
+        truncate = [s[2] for s in t.js("() => s2s.sent") if s[1] == "conversation.item.truncate"]
+        assert len(truncate) == 1, truncate
+        played_ms = truncate[0]["audio_end_ms"]
+        assert abs(played_ms - sum(c["endedAt"] - c["startedAt"] for c in heard)) < 60, (played_ms, heard)
+        # ... less than it had received, the server took it (conversation.item.truncated) before
+        # the second answer started, and that answer is the one a conversation truncated there
+        # gives: the same conversation replayed on a socket of its own
+        # (the tiny model's reply does not change with the length of the first answer, so this
+        # cannot tell a truncated context from a whole one: the server's tests check that part)
+        assert played_ms < sum(c["duration"] for c in chunks) - 100, (played_ms, chunks)
+        truncated = marks(t, "truncated")
+        answered = t.js("id => s2s.chunks.find(c => c.sessionId === id).arrivedAt", t.js("() => s2s.sessionId"))
+        assert len(truncated) == 1 and truncated[0]["at"] < answered, (truncated, answered)
+        persona = t.js("() => document.getElementById('persona').value")
+        replay = replayed(product.url, persona, first["user"], second["user"], played_ms)
+        assert second["reply"].strip() == replay, (second, replay)
+
+
+def replayed(*args) -> str:
+    """replay_second_answer on a thread of its own (Playwright's sync API holds this one's loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, replay_second_answer(*args)).result(timeout=300)
+
+
+async def replay_second_answer(url: str, persona: str, first: str, second: str, truncate_ms: int | None) -> str:
+    async with aiohttp.ClientSession() as http, http.ws_connect(url.replace("http", "ws") + "/v1/realtime") as ws:
+        async def until(kind: str) -> dict:
+            async with asyncio.timeout(60):
+                async for msg in ws:
+                    event = json.loads(msg.data)
+                    assert event["type"] != "error", event
+                    if event["type"] == kind:
+                        return event
+
+        async def ask(text: str) -> dict:
+            await ws.send_json({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+            await ws.send_json({"type": "response.create"})
+            return (await until("response.done"))["response"]
+
+        await ws.send_json({"type": "session.update", "session": {
+            "type": "realtime", "persona": persona, "audio": {"input": {"turn_detection": None}}}})
+        await until("session.updated")
+        answer = await ask(first)
+        if truncate_ms is not None:
+            await ws.send_json({"type": "conversation.item.truncate", "item_id": answer["output"][0]["id"],
+                                "content_index": 0, "audio_end_ms": truncate_ms})
+            await until("conversation.item.truncated")
+        return (await ask(second))["output"][0]["content"][0]["transcript"].strip()
+
+
+def test_a_silent_microphone_never_interrupts_a_long_answer_and_its_chunks_play_without_gaps(
+        playwright, product, tmp_path):
+    wav = conversation_wav(tmp_path / "one.wav", ["What is the capital of France?", 120.0])
+    with Conversation(playwright, product, wav) as t:
+        listening(t)
+        t.wait("() => s2s.marks.some(m => m.name === 'done')", TURN_MS)
+        t.wait("() => s2s.state === 'listening'", TURN_MS)  # played to its end
+        (turn,) = answers(t)
+        session = t.js("() => s2s.marks.find(m => m.name === 'done').sessionId")
+        chunks = t.js("id => s2s.chunks.filter(c => c.sessionId === id)", session)
+        assert len(chunks) >= 2 and sum(c["duration"] for c in chunks) > 4000, chunks  # a long answer
+        assert all(c["live"] and not c["stopped"] and c["endedAt"] for c in chunks), chunks
+        assert len(marks(t, "speech_started")) == 1 and not marks(t, "interrupted"), t.js("() => s2s.marks")
+        assert not [s for s in t.js("() => s2s.sent") if s[1] in ("conversation.item.truncate", "response.cancel")]
+        assert not turn["note"], turn
+        # each chunk that was there in time starts where the previous one ends; one that TTS
+        # delivered late (slower than real time: a loaded machine) starts as soon as it arrives
+        for prev, c in zip(chunks, chunks[1:]):
+            if c["late"]:
+                assert c["gap"] <= c["arrivedAt"] - (prev["startedAt"] + prev["duration"]) + LATE_SLACK_MS, (prev, c)
+            else:
+                assert 0 <= c["gap"] < MAX_GAP_MS, (prev, c)
