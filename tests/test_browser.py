@@ -356,7 +356,7 @@ def test_a_spoken_turn_plays_its_chunks_in_order_without_overlap_or_gaps(browser
         assert not [u for _, _, u in t.requests if "/upload?" in u or "/stream/" in u]
 
 
-def stop_while_tts_is_held(t: Tab, product, attempts: int = 3) -> tuple[str, float, float]:
+def stop_while_tts_is_held(t: Tab, product, attempts: int = 3) -> tuple[str, float]:
     """Ask, and press Stop while the first chunk plays and the rest of the answer has surely not
     come: the TTS worker is held still from the first chunk's arrival until after Stop (well under
     the 3 s that make it "hung"), so Stop interrupts the answer, whatever the machine's speed. The
@@ -375,10 +375,9 @@ def stop_while_tts_is_held(t: Tab, product, attempts: int = 3) -> tuple[str, flo
                 t.wait("() => s2s.chunks.some(c => c.sessionId === s2s.sessionId && c.startedAt !== null"
                        " && performance.now() - c.startedAt > 100)", 10_000)  # audible for a moment
                 t.page.click("#stop")
-                clicked = time.monotonic()
                 stop = t.js("() => s2s.marks.filter(m => m.name === 'stop').pop().at")
                 assert not t.js("id => s2s.marks.some(m => m.sessionId === id && m.name === 'done')", session)
-                return session, clicked, stop
+                return session, stop
         finally:
             os.kill(tts, signal.SIGCONT)
         t.wait_idle()
@@ -393,7 +392,7 @@ def test_stop_mid_answer_silences_within_200_ms_and_nothing_more_is_fetched_or_p
         choose(t, "astronaut", "Captain Alex")  # two chunks: Stop lands in the first
         # the level of the audio going to the speakers, sampled every 5 ms from now on
         t.js("() => { window.levels = []; setInterval(() => levels.push([performance.now(), s2s.outputLevel()]), 5); }")
-        session, clicked, stop = stop_while_tts_is_held(t, product)
+        session, stop = stop_while_tts_is_held(t, product)
         # the TTS, let go, has the rest of the answer: watch that none of it comes (and that the
         # audio stays silent) for seconds, and that the TTS is done with it
         t.page.wait_for_timeout(2500)

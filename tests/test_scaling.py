@@ -18,7 +18,7 @@ import pytest
 from tests.audio import spoken_wav
 from tests.fixtures.ct2_writer import scripted_whisper_state, write_ct2_whisper_dir
 from tests.product import running, tiny_env
-from tests.streams import Stream, assert_ends_once, wait_for
+from tests.streams import Stream, assert_ends_once
 from tests.test_whisper_ct2 import SCRIPTED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
