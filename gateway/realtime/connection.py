@@ -31,6 +31,7 @@ from services.personas import HISTORY_MESSAGES, PERSONAS
 log = logging.getLogger("s2s.gateway.realtime")
 
 MIN_COMMIT_MS = 100  # the protocol's least audio in a commit
+SPEECH_TAIL_MS = 150  # audio kept past the detector's end of speech for the ASR
 # With turn detection on and nobody speaking, the buffer keeps only this much recent audio: enough
 # for a start the detector dates back (its minimum speech, a gap, the prefix padding), so hours
 # of silence between turns never fill it.
@@ -359,7 +360,9 @@ class Connection:
             return
         await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": event.audio_end_ms,
                          "item_id": self.speech_item})
-        speech_end_ms = event.speech_end_ms if event.speech_end_ms is not None else event.audio_end_ms
+        # the last loud frame, plus a little: a soft final consonant ("-ts") scores as silence
+        speech_end_ms = event.audio_end_ms if event.speech_end_ms is None else \
+            min(event.speech_end_ms + SPEECH_TAIL_MS, event.audio_end_ms)
         create = (self.config.turn_detection_effective or {}).get("create_response", True)
         await self._commit(self.speech_item, (speech_end_ms - self.buffer_start_ms) / 1000, respond=create,
                            end_ms=event.audio_end_ms)
