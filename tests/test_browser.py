@@ -58,6 +58,18 @@ KEEP_UPLOADS = """(() => {
         if (String(url).includes("/upload") && options && options.body instanceof Blob) keptUploads.push(options.body);
         return fetchAsThePageDoes.apply(this, arguments);
     };
+    // the microphone's audio streamed over the realtime socket: one list of base64 PCM16 frames
+    // per utterance, a commit closing it
+    window.keptStreams = [[]];
+    const sendAsThePageDoes = WebSocket.prototype.send;
+    WebSocket.prototype.send = function (data) {
+        if (typeof data === "string" && data.includes('"input_audio_buffer.')) {
+            const event = JSON.parse(data);
+            if (event.type === "input_audio_buffer.append") keptStreams[keptStreams.length - 1].push(event.audio);
+            if (event.type === "input_audio_buffer.commit") keptStreams.push([]);
+        }
+        return sendAsThePageDoes.apply(this, arguments);
+    };
 })();"""
 MIN_SPEECH_RMS = 0.01  # the spoken question as the fake microphone records it is about LEVEL; silence is 0
 
@@ -232,8 +244,8 @@ class Tab:
     def turns(self) -> int:
         return self.page.locator("#conversation > li").count()
 
-    def cookie(self) -> str:
-        return next(c["value"] for c in self.context.cookies() if c["name"] == "s2s_conversation")
+    def cookie(self) -> str | None:
+        return next((c["value"] for c in self.context.cookies() if c["name"] == "s2s_conversation"), None)
 
     def wait_idle(self, timeout_ms: float = TURN_MS) -> None:
         self.wait("() => s2s.state === 'idle'", timeout_ms)
@@ -249,6 +261,11 @@ class Tab:
         }))""")
         return [base64.b64decode(e) for e in encoded]
 
+    def committed_audio(self) -> list[bytes]:
+        """The PCM16 (24 kHz) of each utterance the page streamed and committed over the socket."""
+        utterances = self.js("() => keptStreams.slice(0, -1)")
+        return [b"".join(base64.b64decode(frame) for frame in frames) for frames in utterances]
+
     def check_clean(self) -> None:
         """Every request went to the gateway's origin; no uncaught error, no CSP violation."""
         foreign = [url for _, _, url in self.requests if not url.startswith(("data:", "blob:"))
@@ -259,6 +276,14 @@ class Tab:
         # only because every recording posted carried the microphone's sound
         for body in self.uploads():
             assert speech_level(body) > MIN_SPEECH_RMS, "a recording without sound was posted"
+        for pcm in self.committed_audio():
+            assert pcm_level(pcm) > MIN_SPEECH_RMS, "an utterance without sound was committed"
+
+
+def pcm_level(pcm: bytes) -> float:
+    """The RMS level (full scale 1.0) of PCM16 samples."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype=np.int16).astype(np.float64) / 32768
+    return float(np.sqrt(np.mean(samples ** 2))) if samples.size else 0.0
 
 
 def speech_level(recording: bytes) -> float:
@@ -267,9 +292,7 @@ def speech_level(recording: bytes) -> float:
                               "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1"], input=recording, capture_output=True,
                              timeout=60)
     assert decoded.returncode == 0, (len(recording), recording[:16], decoded.stderr.decode(errors="replace")[-500:])
-    pcm = decoded.stdout
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype=np.int16).astype(np.float64) / 32768
-    return float(np.sqrt(np.mean(samples ** 2))) if samples.size else 0.0
+    return pcm_level(decoded.stdout)
 
 
 @contextmanager
@@ -316,7 +339,7 @@ def test_a_spoken_turn_plays_its_chunks_in_order_without_overlap_or_gaps(browser
         t.hold_to_talk(while_listening=lambda: shots(t.page, "listening"))
         t.wait("() => !document.querySelector('#conversation .msg--user .msg__text--pending')")
         assert t.last_turn()["user"].strip()  # the transcript, shown as soon as it came
-        [recording] = t.uploads()  # what the transcript was made from: checked for sound on leaving
+        [utterance] = t.committed_audio()  # what the transcript was made from: checked for sound on leaving
         t.wait("() => !document.querySelector('#conversation .msg--assistant .msg__text--pending')")
         t.wait("() => s2s.state === 'speaking'", TURN_MS)
         shots(t.page, "speaking")
@@ -492,7 +515,8 @@ def test_two_browsers_never_see_each_others_history(browser, product):
         b_first = b.turn()
         assert b_first["reply"] == a_first["reply"]  # b's question was asked with no history
         assert (a.turns(), b.turns()) == (2, 1)
-        assert a.cookie() != b.cookie()
+        # each conversation lives in its own tab's realtime socket: no cookie carries one
+        assert a.cookie() is None and b.cookie() is None
 
 
 def test_a_phone_sized_screen_has_no_horizontal_scroll_and_every_control_in_view(browser, product, shots):

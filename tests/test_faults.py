@@ -161,8 +161,9 @@ def test_stop_ends_the_turn_and_the_next_one_starts_at_once(product, question):
 
 
 def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(product, question):
-    """Every open stream gets the shutdown error, every stage is told to drop each of those turns,
-    and the gateway exits cleanly before supervisor's stopwaitsecs (10 s) would kill it."""
+    """Every open stream gets the shutdown error, the worker holding each of those turns is told
+    to drop it (and no other: nothing else holds them), and the gateway exits cleanly before
+    supervisor's stopwaitsecs (10 s) would kill it."""
     log_from = {program: product.log_size(program) for program in ("gateway", *STAGES)}
     asr = product.pids()["asr"]
 
@@ -178,11 +179,13 @@ def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(pr
             gateway = product.pids()["gateway"]
             started = time.monotonic()
             os.kill(gateway, signal.SIGTERM)  # as supervisor stops it
-            await wait_for(lambda: not alive(gateway), 30, "the gateway to exit")
-            stopped_in = time.monotonic() - started
+            # every stream has its error before the ASR may answer; the cancels then queued behind
+            # the three recordings in its inbox still reach it while the gateway closes its bus
+            await asyncio.wait_for(asyncio.gather(*(s.task for s in streams), return_exceptions=True), 30)
         finally:
             os.kill(asr, signal.SIGCONT)
-        await asyncio.wait_for(asyncio.gather(*(s.task for s in streams), return_exceptions=True), 30)
+        await wait_for(lambda: not alive(gateway), 30, "the gateway to exit")
+        stopped_in = time.monotonic() - started
         return streams, stopped_in
 
     try:
@@ -193,7 +196,7 @@ def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(pr
             told = {stage: {(r.get("session"), r.get("turn"))
                             for r in product.log_records(stage, log_from[stage], "cancel received")}
                     for stage in STAGES}
-            if all(len(turns) >= 3 for turns in told.values()):
+            if len(told["asr"]) >= 3:
                 break
             time.sleep(0.2)
     finally:
@@ -203,7 +206,7 @@ def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(pr
         assert_ends_once(stream)
         assert stream.ending == ("error", {"message": SHUTTING_DOWN, "kind": "shutdown"}), stream.ending
     turns = told["asr"]
-    assert len(turns) == 3 and told["llm"] == turns and told["tts"] == turns, told
+    assert len(turns) == 3 and told["llm"] == told["tts"] == set(), told  # only the holder is told
     assert stopped_in < 10.0  # before supervisor's stopwaitsecs would kill it
     log = (product.var / "log" / "supervisord.log").read_text()
     assert "gateway (terminated by SIGKILL)" not in log and "exited: gateway (exit status 0; expected)" in log

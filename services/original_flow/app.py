@@ -29,7 +29,7 @@ class OriginalFlowServer(Gateway):
         if isinstance(claimed, web.Response):
             return claimed
         upload, conversation = claimed
-        sse = await SseWriter.open(request)
+        sse = await SseWriter.open(request, self.settings.sse_write_timeout_s)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         gone = threading.Event()
