@@ -334,7 +334,6 @@ class Gateway:
             while pending:
                 action = pending.popleft()
                 if isinstance(action, Send):
-                    self.observe.sending(action)
                     pending.extend(await self._send(state, action, abandoned))
                 elif isinstance(action, Emit):
                     if not await sse.send(action.event, action.data):
@@ -393,9 +392,10 @@ class Gateway:
             return state.on_stage_down(action.stage, self.board.state(action.stage))
         action.message.sent = time.monotonic()
         try:
-            self.dispatch.send(action.stage, action.message, *action.payload)
+            worker = self.dispatch.send(action.stage, action.message, *action.payload)
         except NoWorker as exc:
             return state.on_stage_down(action.stage, str(exc))
+        self.observe.sent(action, worker)
         return []
 
     @staticmethod

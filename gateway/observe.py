@@ -269,12 +269,13 @@ class GatewayObserver:
         return ObservedStream(sse, self, trace)
 
     @never_raises
-    def sending(self, action) -> None:
-        """A Send action of a turn is about to go to its stage."""
+    def sent(self, action, worker: str) -> None:
+        """A Send action of a turn went to this worker of its stage (the log says which, so that
+        what a lost worker held can be told from the log)."""
         message = action.message
         log_turn(log, f"sending {tag_of(message)} to {action.stage}", message.session, message.turn,
-                 stage=action.stage, tag=tag_of(message), **({"index": message.index} if hasattr(message, "index")
-                                                             else {}))
+                 stage=action.stage, worker=worker, tag=tag_of(message),
+                 **({"index": message.index} if hasattr(message, "index") else {}))
 
     @never_raises
     def event(self, trace: TurnTrace, event: str, data: dict, sent: bool) -> None:
