@@ -107,10 +107,10 @@ def test_a_dead_workers_requests_go_to_another_worker(product, question):
         served_after = {w["pid"]: w["results"] for w in workers(product, "tts").values()}
         sends = [r for r in product.log_records("gateway", log_from)
                  if r.get("msg", "").startswith("sending ") and r.get("stage") == "tts"]
-        return (streams, before, after, names[victim], names[survivor], sends, served_before, served_after,
-                victim_state)
+        return streams, before, after, (victim, names[victim]), (survivor, names[survivor]), sends, \
+            served_before, served_after, victim_state
 
-    (streams, before, after, victim, survivor, sends, served_before, served_after,
+    (streams, before, after, (_, victim), (survivor_pid, survivor), sends, served_before, served_after,
      victim_state) = asyncio.run(scenario())
     assert victim_state in ("ready", "busy")  # killed while it looked alive: the dead-worker path
     for stream in streams:
@@ -125,7 +125,7 @@ def test_a_dead_workers_requests_go_to_another_worker(product, question):
     again = {key: sent for key, sent in workers_of.items() if len(sent) > 1}
     assert again and all(sent == [victim, survivor] for sent in again.values()), again
     assert after["resent_requests"] - before["resent_requests"] == len(again)  # exactly what it held, once
-    assert served_after[survivor] > served_before.get(survivor, 0)
+    assert served_after[survivor_pid] > served_before.get(survivor_pid, 0)
 
 
 def test_swapping_the_asr_backend_while_the_harness_runs(product, question, asr_env_file, tmp_path):
