@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
-import secrets
 import time
-from collections import Counter, OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,39 +15,24 @@ from gateway import guard, realtime
 from gateway.bus import Bus
 from gateway.conversations import Conversation, ConversationStore
 from gateway.dispatch import Dispatch, NoWorker
-from gateway.media import MediaError, decode_to_pcm
+from gateway.http import SseWriter, finite, json_error, json_errors, security_headers
 from gateway.observe import GatewayObserver
 from gateway.recovery import Recovery
 from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
-from gateway.uploads import read_upload
+from gateway.upload_desk import SHUTTING_DOWN, Upload, UploadDesk
 from proto import Envelope, StageBye, StageHeartbeat, StageHello, tag_of
-from services.personas import DEFAULT_PERSONA, PERSONAS
+from services.personas import PERSONAS
 
 log = logging.getLogger("s2s.gateway")
 
 STATIC = Path(__file__).parent / "static"
-COOKIE = "s2s_conversation"
-CSP = ("default-src 'self'; media-src 'self' blob: data:; img-src 'self' data:; "
-       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 TICK_S = 0.25  # how often a waiting stream checks for disconnects and timeouts
 PING_S = 15.0
 SHUTDOWN_GRACE_S = 3.0  # for open streams to send their error event; well within supervisor's stopwaitsecs
 GATEWAY = web.AppKey("gateway", "Gateway")
 CANCELLED = "The turn was cancelled."
-SHUTTING_DOWN = "The assistant is shutting down. Please try again in a moment."
-BUSY = "The assistant is busy with other uploads. Please try again in a moment."
-
-
-@dataclass
-class Upload:
-    session_id: str
-    conversation: str
-    persona: str
-    pcm: bytes
-    client: str = ""
-    created: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -68,28 +50,6 @@ class LiveTurn:
         self.inbox.put_nowait(None)  # wake the stream that waits on the inbox
 
 
-def finite(value):
-    """The value with NaN and infinities (which a stage may report, and which JSON cannot hold:
-    a browser's JSON.parse rejects the whole body) replaced by null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def retry_later(status: int, message: str) -> web.Response:
-    response = json_error(status, message)
-    response.headers["Retry-After"] = "1"
-    return response
-
-
 class Gateway:
     def __init__(self, settings: GatewaySettings, bus: Bus):
         self.settings = settings
@@ -97,16 +57,16 @@ class Gateway:
         self.board = StageBoard(stuck_after_s=settings.stuck_after_s, down_after_s=settings.down_after_s)
         self.dispatch = Dispatch(self.board, bus)  # which worker gets, and holds, each request
         self.conversations = ConversationStore(settings.max_conversations, settings.max_conversations_per_client)
-        self.uploads: dict[str, Upload] = {}
-        self.used: OrderedDict[str, None] = OrderedDict()  # streamed session ids, for 409
         self.live: dict[tuple[str, int], LiveTurn] = {}
-        self.by_session: dict[str, LiveTurn] = {}
-        self.decoding: Counter[str] = Counter()  # client address -> uploads being read or decoded
-        self.decode_slots = asyncio.Semaphore(settings.max_decodes)  # ffmpeg processes at once
+        self.by_upload: dict[str, LiveTurn] = {}  # upload id -> its turn, for POST /api/cancel/<upload id>
         self.late_results = 0  # results for turns that had already ended: dropped
         self.resent_requests = 0  # requests sent again because the worker holding them was lost
-        self.shutting_down = False
         self.observe = GatewayObserver(self)  # metrics and turn logs (gateway/observe.py)
+        self.desk = UploadDesk(settings, self.conversations, self._streaming, self.observe.upload_accepted)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.desk.closed
 
     # --- bus -----------------------------------------------------------------------------------
 
@@ -114,16 +74,16 @@ class Gateway:
         # the stage that sent it: named in lifecycle messages and errors, else the tag's prefix
         # (tts.audio -> tts)
         stage = getattr(message, "stage", None) or tag_of(message).split(".", 1)[0]
-        self.board.seen(stage, message.producer)
+        self.board.seen(stage, message.instance)
         self.board.update(message)
         # the worker's inbox, connected to once (a gateway that restarted after the hello learns it from a beat)
         announces_inbox = isinstance(message, (StageHello, StageHeartbeat)) and message.inbox
-        if announces_inbox and not self.board.is_gone(message.producer):
-            self.bus.connect(message.producer, message.inbox)
+        if announces_inbox and not self.board.is_gone(message.instance):
+            self.bus.connect(message.instance, message.inbox)
         elif isinstance(message, StageBye):
-            self.bus.disconnect(message.producer)
+            self.bus.disconnect(message.instance)
         if message.session:
-            self.board.result_seen(stage, message.producer)
+            self.board.result_seen(stage, message.instance)
             self.dispatch.finished(stage, message)
             turn = self.live.get((message.session, message.turn))
             if turn is not None:
@@ -150,10 +110,6 @@ class Gateway:
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
 
-    async def config(self, request: web.Request) -> web.Response:
-        personas = [{"key": p.key, "name": p.name, "voice": p.voice, "style": p.style} for p in PERSONAS.values()]
-        return web.json_response({"personas": personas, "default_persona": DEFAULT_PERSONA})
-
     async def stages(self, request: web.Request) -> web.Response:
         snapshot, holding = self.board.snapshot(), self.dispatch.holding()
         for worker in (w for info in snapshot.values() for w in info["workers"]):
@@ -174,81 +130,16 @@ class Gateway:
             return web.json_response({"ready": False, "reasons": reasons}, status=503)
         return web.json_response({"ready": True})
 
-    # --- HTTP: conversation --------------------------------------------------------------------
+    # --- HTTP: shutdown and cancel ------------------------------------------------------------
 
-    def _conversation(self, request: web.Request) -> Conversation:
-        return self.conversations.get_or_create(request.cookies.get(COOKIE), request.remote or "")
-
-    def _with_cookie(self, response: web.StreamResponse, conversation: Conversation) -> web.StreamResponse:
-        response.set_cookie(COOKIE, conversation.id, httponly=True, samesite="Strict", path="/")
-        return response
-
-    async def clear(self, request: web.Request) -> web.Response:
-        # No conversation yet (no cookie, or an expired one): nothing to clear, and nothing is made.
-        conversation = self.conversations.get(request.cookies.get(COOKIE))
-        if conversation is not None:
-            conversation.clear()
-        return web.json_response({"cleared": True})
-
-    async def upload(self, request: web.Request) -> web.Response:
-        persona = request.query.get("persona", DEFAULT_PERSONA)
-        if persona not in PERSONAS:
-            return json_error(400, f"Unknown persona {persona!r}.")
-        if request.content_length is not None and request.content_length > self.settings.max_upload_bytes:
-            return json_error(413, "The recording is too large.")
-        if self.shutting_down:
-            return json_error(503, SHUTTING_DOWN)
-        client = request.remote or ""
-        self._expire_uploads()
-        if self._turns_of(client) >= self.settings.max_turns_per_client:
-            return retry_later(429, "Too many turns at once from this client: wait for one to finish.")
-        # the same bounds for all clients together, so many addresses cannot do what one may not
-        if (sum(self.decoding.values()) >= self.settings.max_uploads_in_flight
-                or len(self.uploads) >= self.settings.max_pending_uploads):
-            return retry_later(503, BUSY)
-        self.decoding[client] += 1
-        settings = self.settings
-        try:
-            async with asyncio.timeout(settings.body_timeout_s):
-                data = await read_upload(request, settings.max_upload_bytes)
-            async with self.decode_slots:
-                decode_started = time.monotonic()
-                pcm = await decode_to_pcm(data, settings.max_audio_s, settings.decode_timeout_s,
-                                          settings.decode_cpu_s, settings.decode_memory_mb * 1024 * 1024)
-        except TimeoutError:
-            # The rest of the body may never come: answer, then close the connection instead of
-            # lingering to read it (aiohttp would wait 10 s more).
-            response = json_error(408, f"The recording did not arrive within {settings.body_timeout_s:g} s.")
-            await response.prepare(request)
-            await response.write_eof()
-            request.protocol.force_close()  # the transport flushes the answer, then closes
-            return response
-        except MediaError as exc:
-            return json_error(exc.status, exc.message)
-        finally:
-            self.decoding[client] -= 1
-            if not self.decoding[client]:
-                del self.decoding[client]
-        conversation = self._conversation(request)
-        conversation.set_persona(persona)
-        session_id = secrets.token_urlsafe(24)
-        self.uploads[session_id] = Upload(session_id, conversation.id, persona, pcm, client)
-        self.observe.upload_accepted(self.uploads[session_id], len(data), time.monotonic() - decode_started)
-        return self._with_cookie(web.json_response({"session_id": session_id}), conversation)
-
-    def _turns_of(self, client: str) -> int:
-        """A client's turns at once: uploads being decoded, uploaded and not yet streamed, streaming."""
-        return (self.decoding[client] + sum(u.client == client for u in self.uploads.values())
-                + sum(t.client == client for t in self.live.values()))
-
-    def _expire_uploads(self) -> None:
-        cutoff = time.monotonic() - self.settings.upload_ttl_s
-        for session_id in [k for k, u in self.uploads.items() if u.created < cutoff]:
-            del self.uploads[session_id]
+    def _streaming(self, client: str) -> int:
+        """The client's turns streaming now (over HTTP or the realtime socket): they count
+        against its limit of turns at once, beside its uploads (gateway/upload_desk.py)."""
+        return sum(t.client == client for t in self.live.values())
 
     async def shutdown(self, app: web.Application) -> None:
         """On SIGTERM: every open stream gets an error event before the process exits."""
-        self.shutting_down = True
+        self.desk.closed = True
         for turn in list(self.live.values()):
             turn.cancel(SHUTTING_DOWN)
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
@@ -256,7 +147,7 @@ class Gateway:
             await asyncio.sleep(0.05)
 
     async def cancel(self, request: web.Request) -> web.Response:
-        turn = self.by_session.get(request.match_info["session_id"])
+        turn = self.by_upload.get(request.match_info["upload_id"])
         if turn is None:
             return json_error(404, "No live turn with that id.")
         turn.cancel()
@@ -264,27 +155,11 @@ class Gateway:
 
     # --- HTTP: the turn itself -----------------------------------------------------------------
 
-    def claim_upload(self, session_id: str) -> tuple[Upload, Conversation] | web.Response:
-        """The upload and its conversation, taken once; an error response when it cannot be streamed."""
-        self._expire_uploads()
-        upload = self.uploads.pop(session_id, None)
-        if upload is None:
-            if session_id in self.used:
-                return json_error(409, "That recording was already streamed.")
-            return json_error(404, "Unknown or expired session id.")
-        self.used[session_id] = None
-        while len(self.used) > 10000:
-            self.used.popitem(last=False)
-        conversation = self.conversations.get(upload.conversation)
-        if conversation is None:
-            return json_error(404, "That conversation has expired.")
-        return upload, conversation
-
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        session_id = request.match_info["session_id"]
+        upload_id = request.match_info["upload_id"]
         if self.shutting_down:
             return json_error(503, SHUTTING_DOWN)
-        claimed = self.claim_upload(session_id)
+        claimed = self.desk.claim(upload_id)
         if isinstance(claimed, web.Response):
             return claimed
         upload, conversation = claimed
@@ -295,16 +170,16 @@ class Gateway:
         number = conversation.next_turn()
         turn = LiveTurn(conversation, number, asyncio.Queue(), upload.client)
         self.live[(conversation.id, number)] = turn
-        self.by_session[session_id] = turn
+        self.by_upload[upload_id] = turn
         sse, finished = None, False
         try:  # from here every way out, a client gone before the stream opened included, releases the turn
             sse = await SseWriter.open(request, self.settings.sse_write_timeout_s)
-            sse = self.observe.watch(sse, session_id, turn, upload)  # follows every event of the turn
+            sse = self.observe.watch(sse, turn, upload)  # follows every event of the turn
             finished = await self._drive(request, turn, upload, sse)
         finally:
             self.observe.turn_ended(sse, finished)
             del self.live[(conversation.id, number)]
-            del self.by_session[session_id]
+            del self.by_upload[upload_id]
             if conversation.active_turn == number:
                 conversation.active_turn = None
             if not finished:
@@ -411,70 +286,6 @@ class Gateway:
         return transport is None or transport.is_closing()
 
 
-class SseWriter:
-    """Server-Sent Events with ids and keep-alive comments; send() is False once the client left,
-    or stopped reading: a write that cannot complete within write_timeout_s (the socket's buffers
-    are full) closes the connection."""
-
-    def __init__(self, request: web.Request, response: web.StreamResponse, write_timeout_s: float):
-        self.request = request
-        self.response = response
-        self.write_timeout_s = write_timeout_s
-        self.next_id = 0
-        self.last_write = time.monotonic()
-
-    @classmethod
-    async def open(cls, request: web.Request, write_timeout_s: float) -> "SseWriter":
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        return cls(request, response, write_timeout_s)
-
-    async def _write(self, text: str) -> bool:
-        try:
-            async with asyncio.timeout(self.write_timeout_s):
-                await self.response.write(text.encode())
-        except TimeoutError:
-            log.warning("a stream's client stopped reading for %g s: closing it", self.write_timeout_s)
-            if self.request.transport is not None:
-                self.request.transport.abort()  # an event may be half written: the stream cannot go on
-            return False
-        except (ConnectionResetError, RuntimeError):
-            return False
-        self.last_write = time.monotonic()
-        return True
-
-    async def send(self, event: str, data: dict) -> bool:
-        self.next_id += 1
-        return await self._write(f"id: {self.next_id}\nevent: {event}\ndata: {json.dumps(finite(data))}\n\n")
-
-    async def keepalive(self, every_s: float) -> bool:
-        if time.monotonic() - self.last_write < every_s:
-            return True
-        return await self._write(": ping\n\n")
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler):
-    """A failure nobody foresaw is a 500 JSON like every other error, and its traceback is logged."""
-    try:
-        return await handler(request)
-    except (web.HTTPException, asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return json_error(500, "The request failed inside the gateway.")
-
-
-@web.middleware
-async def security_headers(request: web.Request, handler):
-    response = await handler(request)
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    return response
-
-
 def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) -> web.Application:
     settings = settings or GatewaySettings.from_env()
     bus = bus or Bus()
@@ -487,15 +298,15 @@ def create_app(settings: GatewaySettings | None = None, bus: Bus | None = None) 
     app[GATEWAY] = gateway
     app.router.add_get("/", gateway.index)
     app.router.add_static("/static/", STATIC)
-    app.router.add_get("/api/config", gateway.config)
+    app.router.add_get("/api/config", gateway.desk.config)
     app.router.add_get("/api/stages", gateway.stages)
-    app.router.add_post("/api/clear", gateway.clear)
-    app.router.add_post("/api/cancel/{session_id}", gateway.cancel)
+    app.router.add_post("/api/clear", gateway.desk.clear)
+    app.router.add_post("/api/cancel/{upload_id}", gateway.cancel)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.observe.metrics)
-    app.router.add_post("/upload", gateway.upload)
-    app.router.add_get("/stream/{session_id}", gateway.stream)
+    app.router.add_post("/upload", gateway.desk.upload)
+    app.router.add_get("/stream/{upload_id}", gateway.stream)
     realtime.setup(app, gateway, settings.realtime)  # GET /v1/realtime (gateway/realtime/)
 
     async def bus_lifecycle(app: web.Application):

@@ -85,7 +85,7 @@ class Dispatch:
             return
         held = self._holders.get((message.session, message.turn))
         key = request_key(stage, message)
-        if held and held.get(key) == message.producer:
+        if held and held.get(key) == message.instance:
             del held[key]
 
     def holders(self, session: str, turn: int) -> set[str]:

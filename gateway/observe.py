@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.bus import Bus
 from gateway.stages import StageBoard
+from gateway.upload_desk import UploadDesk
 from proto import tag_of
 from services.runtime.endpoints import STAGES
 from services.runtime.logs import log_turn, session_tag
@@ -36,7 +37,7 @@ from services.runtime.observe import never_raises
 # What the observer reads of the gateway (gateway/app.py), declared here so that this module does
 # not import the app that imports it.
 class Upload(Protocol):
-    session_id: str
+    id: str  # the single-use upload id
     conversation: str
     persona: str
     pcm: bytes
@@ -54,9 +55,9 @@ class LiveTurn(Protocol):
 
 class Gateway(Protocol):
     board: StageBoard
-    bus: Bus | None  # None without a bus (the original flow)
+    bus: Bus
     live: dict
-    uploads: dict
+    desk: UploadDesk
     late_results: int
     resent_requests: int
 
@@ -69,7 +70,7 @@ BYTES_BUCKETS = (4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 AUDIO_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 STAGE_STATES = ("down", "loading", "ready", "busy", "stuck", "draining", "failed")
 # Routes whose 4xx/5xx answers count as errors, and the kind each status stands for.
-REQUEST_ROUTES = ("/upload", "/stream/{session_id}")
+REQUEST_ROUTES = ("/upload", "/stream/{upload_id}")
 STATUS_KINDS = {429: "too_many", 503: "shutdown"}
 
 
@@ -101,7 +102,7 @@ REDACT_IDS = RedactIdsInPaths()
 class TurnTrace:
     """One streamed turn, as the observer follows it."""
 
-    upload: str  # the upload's session id (the /stream/<id> path), single-use; logs carry its digest only
+    upload: str  # the single-use upload id (the /stream/<id> path); logs carry its digest only
     session: str  # the bus session id (the conversation)
     turn: int
     started: float = field(default_factory=time.monotonic)
@@ -151,7 +152,7 @@ class _BoardCollector:
         live.add_metric([], len(getattr(gateway, "live", {})))
         yield live
         pending = GaugeMetricFamily("s2s_gateway_pending_uploads", "Uploads decoded and not yet streamed")
-        pending.add_metric([], len(getattr(gateway, "uploads", {})))
+        pending.add_metric([], len(gateway.desk.uploads))
         yield pending
         try:
             snapshot = gateway.board.snapshot()
@@ -257,14 +258,14 @@ class GatewayObserver:
         self.upload_bytes.observe(size)
         self.upload_audio.observe(audio_s)
         self.decode_seconds.observe(decode_s)
-        log_turn(log, "upload accepted", upload.conversation, upload=session_tag(upload.session_id), persona=upload.persona,
+        log_turn(log, "upload accepted", upload.conversation, upload=session_tag(upload.id), persona=upload.persona,
                  bytes=size, audio_s=round(audio_s, 3), decode_s=round(decode_s, 4))
 
-    def watch(self, sse, session_id: str, turn: "LiveTurn", upload: "Upload") -> ObservedStream:
+    def watch(self, sse, turn: "LiveTurn", upload: "Upload") -> ObservedStream:
         """The turn's stream starts: count it, and follow every event it sends."""
-        trace = TurnTrace(session_id, turn.conversation.id, turn.number, uploaded=upload.created)
+        trace = TurnTrace(upload.id, turn.conversation.id, turn.number, uploaded=upload.created)
         self.turns_started.inc()
-        log_turn(log, "turn started", trace.session, trace.turn, upload=session_tag(session_id), persona=upload.persona,
+        log_turn(log, "turn started", trace.session, trace.turn, upload=session_tag(upload.id), persona=upload.persona,
                  waited_s=round(trace.started - upload.created, 3))
         return ObservedStream(sse, self, trace)
 

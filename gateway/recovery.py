@@ -27,7 +27,7 @@ class Recovery:
         mid-request (an operator's restart) will be back, or another worker of its stage is up,
         so its request is sent again."""
         if isinstance(message, StageError) and message.kind == "shutdown" and message.stage in STAGES:
-            self._lose(message.stage, {message.producer})
+            self._lose(message.stage, {message.instance})
             return True
         return False
 

@@ -73,7 +73,7 @@ class StageBoard:
         status = self.stages.get(stage or "")
         if status is None:
             return
-        if message.producer in self.gone:
+        if message.instance in self.gone:
             # a gone instance's last words may come after its connection closed: a load failure
             # still says why the stage is down (unless another worker already speaks for it)
             if isinstance(message, StageError) and not message.session and not status.workers:
@@ -81,7 +81,7 @@ class StageBoard:
             return
         now = self.clock()
         status.last_seen = now
-        worker = status.workers.setdefault(message.producer, WorkerStatus(message.producer))
+        worker = status.workers.setdefault(message.instance, WorkerStatus(message.instance))
         worker.last_seen = now
         if isinstance(message, StageHello):
             status.state, status.error = "loading", ""
@@ -106,16 +106,16 @@ class StageBoard:
         elif isinstance(message, StageBye):
             if status.state != "failed":  # a stage that could not load says bye too: keep why
                 status.state = "down"
-            self._mark_gone(stage, message.producer)
+            self._mark_gone(stage, message.instance)
 
-    def seen(self, stage: str, producer: str = "") -> None:
+    def seen(self, stage: str, instance: str = "") -> None:
         """Any message from a stage counts as a heartbeat."""
         status = self.stages.get(stage)
-        if status is None or producer in self.gone:
+        if status is None or instance in self.gone:
             return
         status.last_seen = self.clock()
-        if producer in status.workers:
-            status.workers[producer].last_seen = status.last_seen
+        if instance in status.workers:
+            status.workers[instance].last_seen = status.last_seen
 
     def connection(self, instance: str, connected: bool) -> None:
         """The gateway's connection to a worker's inbox opened, or closed: its process is gone
@@ -156,12 +156,12 @@ class StageBoard:
             worker.sent_since_beat += 1
             worker.chosen = next(self._choices)
 
-    def result_seen(self, stage: str, producer: str = "") -> None:
+    def result_seen(self, stage: str, instance: str = "") -> None:
         status = self.stages.get(stage)
         if status is None:
             return
         status.last_result = self.clock()
-        worker = status.workers.get(producer)
+        worker = status.workers.get(instance)
         for w in [worker] if worker else status.workers.values():
             w.last_result = status.last_result
         if worker:

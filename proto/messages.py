@@ -23,10 +23,12 @@ class Envelope(msgspec.Struct, kw_only=True, tag_field="tag", forbid_unknown_fie
     v: int = PROTOCOL_VERSION
     session: str = ""  # conversation id; "" for stage-level messages
     turn: int = 0  # turn number within the session, strictly increasing
-    seq: int = 0  # per-producer sequence number
+    seq: int = 0  # per-sender sequence number
     sent: float = 0.0  # sender's time.monotonic() (host-local clock)
     deadline: float = 0.0  # monotonic time after which the work is stale; 0 = none
-    producer: str = ""  # instance id of the sending process
+    # The sending process's instance id (a worker: "asr-1234-9f0c1a"; the gateway: ""). Called
+    # `producer` on the wire, its name since protocol v1; `instance` in code, as everywhere else.
+    instance: str = msgspec.field(default="", name="producer")
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):

@@ -24,7 +24,7 @@ def generate(out: Path, parallel: int) -> None:
     from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
     from services.llm.stage import LlmStage
     from services.runtime.settings import StageSettings
-    from services.runtime.stage import InProcessTurn
+    from services.runtime.stage import InProcessStopCheck
 
     questions = [q.strip() for q in QUESTIONS.read_text().splitlines() if q.strip()]
     stage = LlmStage(StageSettings("llm", {"S2S_LLM_SOURCE": "registry", "S2S_LLM_DEVICE": "cpu"}))
@@ -37,7 +37,7 @@ def generate(out: Path, parallel: int) -> None:
             request = LlmRequest(session=f"q{i}", turn=1, persona="wildlife_expert",
                                  history=[ChatMessage("user", questions[i])])
             started = time.monotonic()
-            out = [m for m, _ in stage.handle(request, [], InProcessTurn())]
+            out = [m for m, _ in stage.handle(request, [], InProcessStopCheck())]
             done = next(m for m in out if isinstance(m, LlmDone))
             replies[i] = {"question": questions[i], "sentences": [m.text for m in out if isinstance(m, LlmSentence)],
                           "tokens": done.tokens, "compute_s": done.compute_s, "wall_s": time.monotonic() - started,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 # At the top, not in the child's code path only: a name that moved fails `--help` (tests/test_scripts.py).
 from proto import AsrRequest, ChatMessage, LlmDone, LlmRequest, LlmSentence, TtsDone, TtsRequest  # noqa: E402
 from services.runtime.settings import StageSettings  # noqa: E402
-from services.runtime.worker import TurnBook, TurnContext, apply_cpu_settings  # noqa: E402
+from services.runtime.worker import TurnBook, StopCheck, apply_cpu_settings  # noqa: E402
 
 QUESTION = "Tell me why Paris is the capital of France."  # about 3 s at 140 words per minute
 TTS_SENTENCES = (
@@ -45,7 +45,7 @@ TTS_SENTENCES = (
 
 
 def _turn(request):
-    return TurnContext(request, TurnBook(), threading.Event())
+    return StopCheck(request, TurnBook(), threading.Event())
 
 
 def _outputs(stage, request, payload=()):

@@ -48,7 +48,7 @@ def main() -> int:
         running.start(ready_timeout=900)
         _, stages = running.get_json("/api/stages")
         (args.out / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
-        command = [sys.executable, "-m", "services.loadtest", "--url", running.url, "--turns", str(args.turns),
+        command = [sys.executable, "-m", "tools.loadtest", "--url", running.url, "--turns", str(args.turns),
                    "--concurrency", "1", "--fresh", "--quiet", "--turn-timeout", "600", "--max-seconds", str(args.max_seconds),
                    "--out", str(args.out), args.questions]
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(HERE)})

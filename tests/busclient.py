@@ -29,15 +29,15 @@ class BusClient:
             return None
         message, _ = proto.decode(self.pull.recv_multipart())
         self.seen.append(message)
-        if isinstance(message, (StageHello, StageHeartbeat)) and message.inbox and message.producer not in self.inboxes:
+        if isinstance(message, (StageHello, StageHeartbeat)) and message.inbox and message.instance not in self.inboxes:
             sock = self.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
             # A worker that stopped reading fails the send (zmq.Again) instead of hanging the test,
             # where a timeout's signal cannot reach a thread blocked inside libzmq.
             sock.setsockopt(zmq.SNDTIMEO, 10_000)
             sock.connect(message.inbox)
-            self.inboxes[message.producer] = sock
-            self.workers.setdefault(message.stage, []).append(message.producer)
+            self.inboxes[message.instance] = sock
+            self.workers.setdefault(message.stage, []).append(message.instance)
         return message
 
     def _next(self, timeout_ms: int) -> proto.Envelope | None:

@@ -108,7 +108,7 @@ def test_fast_flushes_and_handles_empty_streams():
 
 def test_iter_chunks_modes():
     text = ["Well, elephants are big animals. They eat grass all day long, every day. End"]
-    assert list(iter_chunks(iter(text), "original")) == list(iter_sentence_chunks(iter(text)))
+    assert list(iter_chunks(iter(text), "sentences")) == list(iter_sentence_chunks(iter(text)))
     assert list(iter_chunks(iter(text), "fast"))[0] == "Well, elephants are big animals."
     with pytest.raises(ValueError):
         list(iter_chunks(iter(text), "slow"))

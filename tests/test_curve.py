@@ -62,7 +62,7 @@ class RunningBus:
 
     def _on_message(self, message, payload):
         if isinstance(message, StageHello) and message.inbox:
-            self.bus.connect(message.producer, message.inbox)
+            self.bus.connect(message.instance, message.inbox)
         self.received.put_nowait(message)
 
     async def next(self, timeout):
@@ -88,7 +88,7 @@ class Peer:
 
     def hello(self, backend):
         hello = StageHello(stage="tts", backend=backend, model="m", device="cpu", pid=1, inbox=self.inbox)
-        hello.producer = self.name
+        hello.instance = self.name
         self.push.send_multipart(proto.encode(hello))
 
     async def receive(self, timeout):
@@ -337,7 +337,7 @@ async def test_a_real_worker_reaches_the_bus_over_tcp_with_curve(keys):
         while not isinstance(message := await bus.next(timeout=max(0.1, deadline - time.monotonic())), StageReady):
             pass
         assert message.backend == "scripted"
-        worker = message.producer
+        worker = message.instance
         assert bus.bus.inboxes[worker].endpoint.startswith("tcp://127.0.0.1:")  # its hello named its tcp inbox
         bus.bus.send(worker, TtsRequest(index=0, text="parts=1", voice="af_heart", session="s", turn=1))
         while not isinstance(message := await bus.next(timeout=5), TtsDone):

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.app import SHUTTING_DOWN
+from gateway.upload_desk import SHUTTING_DOWN
 from tests.audio import spoken_wav
 from tests.product import Product, running, tiny_env
 from tests.streams import ENDINGS, Stream, assert_ends_once, back_ready, new_session, wait_for

@@ -241,7 +241,7 @@ async def test_a_cross_site_post_is_refused_with_403_json(make_client, headers):
         resp = await client.post(path, data=data, headers={"Content-Type": "text/plain", **headers})
         assert resp.status == 403, path
         assert (await resp.json())["error"] == "Requests from other sites are not accepted."
-    assert not gateway_of(client).uploads and not len(gateway_of(client).conversations)
+    assert not gateway_of(client).desk.uploads and not len(gateway_of(client).conversations)
 
 
 async def test_the_pages_own_requests_and_a_link_to_the_page_pass(make_client):
@@ -289,7 +289,7 @@ async def test_a_form_field_counts_against_the_upload_limit(make_client):
 
     resp = await client.post("/upload", data=chunked(), headers={"Content-Type": "multipart/form-data; boundary=B"})
     assert resp.status == 413
-    assert not gateway_of(client).uploads
+    assert not gateway_of(client).desk.uploads
 
 
 async def test_a_form_with_its_file_after_small_fields_is_accepted(make_client):
@@ -319,14 +319,14 @@ async def test_uploads_in_flight_are_capped_for_the_whole_gateway_not_per_addres
     head = request_head(client, "POST", "/upload", Content_Type="audio/wav", Content_Length="50000")
     stalled = [await raw_connection(client, head, source) for source in ("127.0.0.2", "127.0.0.3")]
     try:
-        assert await eventually(lambda: sum(gateway_of(client).decoding.values()) == 2)
+        assert await eventually(lambda: sum(gateway_of(client).desk.decoding.values()) == 2)
         resp = await upload(client)
         assert resp.status == 503 and resp.headers["Retry-After"] == "1"
         assert "busy" in (await resp.json())["error"]
     finally:
         for _, writer in stalled:
             writer.close()
-    assert await eventually(lambda: not gateway_of(client).decoding)
+    assert await eventually(lambda: not gateway_of(client).desk.decoding)
     assert (await upload(client)).status == 200
 
 

@@ -19,7 +19,7 @@ from services.llm.stage import LlmStage
 from services.personas import system_prompt
 from services.runtime.errors import ConfigError
 from services.runtime.settings import StageSettings
-from services.runtime.stage import InProcessTurn
+from services.runtime.stage import InProcessStopCheck
 from tests.fakes.openai_server import Answer, FakeOpenAI, data, stream_of
 
 pytestmark = pytest.mark.timeout(30)
@@ -102,7 +102,7 @@ def test_the_stage_streams_sentences_of_the_persona_prompt_and_history(fake):
     assert (loaded.backend, loaded.device) == ("openai-compatible", info.device) and stage.parallel_ok
     history = [ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello!"), ChatMessage("user", "Whales?")]
     request = LlmRequest(session="s", persona="wildlife_expert", history=history, max_new_tokens=500)
-    out = [m for m, _ in stage.handle(request, [], InProcessTurn())]
+    out = [m for m, _ in stage.handle(request, [], InProcessStopCheck())]
     sentences = [m.text for m in out if isinstance(m, LlmSentence)]
     # the stage's chunker, unchanged: a first clause of at least 3 words, then whole sentences
     assert sentences == ["Sure thing, here it is.", "Whales are large mammals that live in every ocean of the world ."]
@@ -225,7 +225,7 @@ def test_a_cancelled_turn_stops_the_backend_by_itself_and_hangs_up(fake):
     cancelled = threading.Event()
     request = LlmRequest(session="s", persona="astronaut", history=[ChatMessage("user", "Go")])
     outputs = []
-    for message, _ in stage.handle(request, [], InProcessTurn(cancelled.is_set)):
+    for message, _ in stage.handle(request, [], InProcessStopCheck(cancelled.is_set)):
         outputs.append(message)
         cancelled.set()  # after the first sentence
     done = outputs[-1]

@@ -15,16 +15,16 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.bus import Bus
 from gateway.settings import GatewaySettings
-from services.loadtest import cli
-from services.loadtest.client import load_inputs
-from services.loadtest.report import (
+from tools.loadtest import cli
+from tools.loadtest.client import load_inputs
+from tools.loadtest.report import (
     LATENCY_FIELDS,
     percentile,
     stats,
     summarize,
     write_all,
 )
-from services.loadtest.runner import RunConfig, run, run_concurrency, run_rate
+from tools.loadtest.runner import RunConfig, run, run_concurrency, run_rate
 from tests.audio import tone_wav
 from tests.fakes.fake_stages import FakeStages
 
@@ -266,7 +266,7 @@ def test_inputs_by_extension(tmp_path):
 def test_a_chunk_that_is_not_a_wav_is_an_error_not_silence():
     import base64
 
-    from services.loadtest.client import wav_seconds
+    from tools.loadtest.client import wav_seconds
 
     assert wav_seconds(base64.b64encode(tone_wav(0.5, rate=24000)).decode()) == 0.5
     with pytest.raises(ValueError, match="not a valid WAV"):
@@ -276,7 +276,7 @@ def test_a_chunk_that_is_not_a_wav_is_an_error_not_silence():
 
 
 async def test_sse_events_larger_than_aiohttps_default_line_limit():
-    from services.loadtest.client import iter_sse
+    from tools.loadtest.client import iter_sse
 
     big = "A" * (3 * 1024 * 1024)  # about 47 s of 24 kHz audio in base64
 
@@ -304,8 +304,8 @@ async def test_fresh_starts_a_new_conversation_for_every_turn(gateway, bus_env, 
 
 async def test_side_by_side_runs_each_level_against_both_and_reports_ratios(gateway, bus_env, wav_dir, tmp_path,
                                                                            capsys):
-    from services.loadtest.report import compare, format_comparison
-    from services.loadtest.runner import run_compare
+    from tools.loadtest.report import compare, format_comparison
+    from tools.loadtest.runner import run_compare
 
     other_env = {"S2S_RUN_DIR": tempfile.mkdtemp(prefix="s2s-lt2-")}
     baseline = TestServer(create_app(SETTINGS, bus=Bus(other_env)), host="127.0.0.1")

@@ -219,7 +219,7 @@ def test_a_worker_serves_its_metrics_on_its_own_port():
             m = scrape_until(port, lambda m: value(m, "s2s_worker_malformed_frames_total") == 1)
         finally:
             w.stop()
-    labels = {"stage": "tts", "instance": done.producer}
+    labels = {"stage": "tts", "instance": done.instance}
     assert value(m, "s2s_worker_requests_received_total", **labels) == 3
     assert value(m, "s2s_worker_requests_total", outcome="ok", **labels) == 1
     assert value(m, "s2s_worker_requests_total", outcome="cancelled", **labels) == 1

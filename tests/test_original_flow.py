@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestServer
 from proto import AsrFinal, LlmDone, LlmSentence, TtsAudio, TtsDone
 from services.asr.stage import AsrStage
 from services.llm.stage import LlmStage
-from services.loadtest.client import TurnResult, load_inputs, new_user_session, run_turn
-from services.original_flow.app import create_app
-from services.original_flow.pipeline import OriginalPipeline, original_settings
+from tools.loadtest.client import TurnResult, load_inputs, new_user_session, run_turn
+from tools.original_flow.app import create_app
+from tools.original_flow.pipeline import OriginalPipeline, original_settings
 from services.runtime.settings import StageSettings
 from services.tts.stage import TtsStage
 from tests.audio import spoken_wav
@@ -30,7 +30,7 @@ class ScriptedStage:
         self.delay = delay
         self.calls: list[tuple[float, float]] = []
 
-    def handle(self, request, payload, turn):
+    def handle(self, request, payload, stop):
         span = [time.monotonic(), time.monotonic()]  # start, and the time of the last output so far
         self.calls.append(span)
         for output in self.outputs(request) if callable(self.outputs) else self.outputs:
@@ -100,7 +100,7 @@ def test_the_stages_run_as_the_original_ran_them(monkeypatch):
                        "S2S_TTS_THREADS": "1", "S2S_TTS_VOICES_DIR": "/voices"}.items():
         monkeypatch.setenv(key, value)
     llm, asr, tts = (original_settings(stage) for stage in ("llm", "asr", "tts"))
-    assert llm.get("CHUNKING") == "original" and llm.get_int("MIN_WORDS", 0) == 8
+    assert llm.get("CHUNKING") == "sentences" and llm.get_int("MIN_WORDS", 0) == 8
     assert asr.get("BACKEND") == "openai-whisper" and llm.get_int("THREADS", 1) == 0
     assert tts.get_int("THREADS", 1) == 0 and tts.get_int("FIRST_THREADS", None) is None
     assert tts.get("VOICES_DIR") == "/voices"  # models and voices stay as configured
@@ -112,7 +112,7 @@ async def test_the_server_answers_with_real_stages_on_tiny_models(tiny_whisper, 
 
     pipeline = OriginalPipeline(
         AsrStage(settings("asr", MODEL=tiny_whisper, SOURCE="local", DEVICE="cpu")),
-        LlmStage(settings("llm", MODEL=tiny_qwen2, SOURCE="local", DEVICE="cpu", CHUNKING="original",
+        LlmStage(settings("llm", MODEL=tiny_qwen2, SOURCE="local", DEVICE="cpu", CHUNKING="sentences",
                           MAX_NEW_TOKENS=24)),
         TtsStage(settings("tts", MODEL_PATH=tiny_kokoro["model_path"], CONFIG_PATH=tiny_kokoro["config_path"],
                           VOICES_DIR=tiny_kokoro["voices_dir"], SOURCE="local", DEVICE="cpu")))

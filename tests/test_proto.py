@@ -9,7 +9,8 @@ from proto.messages import (PROTOCOL_VERSION, AsrFinal, AsrPartial, AsrRequest, 
                             ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady, TtsAudio,
                             TtsDone, TtsRequest, TurnCancel, decode, encode, tag_of)
 
-ENVELOPE = dict(session="conv-1", turn=3, seq=7, sent=12.5, deadline=99.0, producer="asr-1-abc")
+# `instance` travels as `producer` (its v1 name on the wire): the golden bytes below hold "producer"
+ENVELOPE = dict(session="conv-1", turn=3, seq=7, sent=12.5, deadline=99.0, instance="asr-1-abc")
 
 EXAMPLES = [
     (AsrRequest(sample_rate=16000, **ENVELOPE), (b"\x01\x00\x02\x00",)),

@@ -22,14 +22,14 @@ WAIT_S = 30.0
 def ready(board: StageBoard, stage: str, instance: str, pid: int = 1) -> None:
     for message in (StageHello(stage=stage, backend="b", model="m", device="cpu", pid=pid),
                     StageReady(stage=stage, backend="b", model="m", device="cpu", load_s=1.0)):
-        message.producer = instance
+        message.instance = instance
         board.seen(stage, instance)
         board.update(message)
 
 
 def beat(board: StageBoard, stage: str, instance: str, state: str = "ready", busy_ms: int = 0) -> None:
     message = StageHeartbeat(stage=stage, state=state, busy_ms=busy_ms, queue_depth=0)
-    message.producer = instance
+    message.instance = instance
     board.seen(stage, instance)
     board.update(message)
 
@@ -150,7 +150,7 @@ def test_a_stage_that_fails_to_load_after_a_restart_ends_the_turn():
     hello = StageHello(stage="asr", backend="b", model="m", device="cpu", pid=2)
     failed = StageError(stage="asr", kind="load_failed", message="cannot load model /x")
     for message in (hello, failed):
-        message.producer = "asr-b"
+        message.instance = "asr-b"
         board.update(message)
     [error] = errors(recovery.check(turn))
     assert error["stage"] == "asr" and "cannot load model /x" in error["message"]
@@ -161,11 +161,11 @@ def test_an_operators_restart_is_a_lost_request_not_a_failure():
     clock, board, turn, recovery = setup()
     [asr] = send_all(turn.start(b"\x01\x00" * 8), recovery)
     shutdown = ids(StageError(stage="asr", kind="shutdown", message="asr stage shut down mid-request"))
-    shutdown.producer = "asr-a"
+    shutdown.instance = "asr-a"
     assert recovery.on_message(shutdown)
     assert recovery.check(turn) == []  # asr-a is still there (draining): not the one to ask
     bye = StageBye(stage="asr", reason="exit")
-    bye.producer = "asr-a"
+    bye.instance = "asr-a"
     board.update(bye)
     ready(board, "asr", "asr-b")
     [again] = send_all(recovery.check(turn), recovery)
@@ -212,15 +212,15 @@ def test_a_load_failure_that_comes_after_the_connection_closed_still_says_why():
     clock, board, _, _ = setup()
     board.connection("tts-a", False)
     hello = StageHello(stage="tts", backend="b", model="m", device="cpu", pid=2)
-    hello.producer = "tts-b"
+    hello.instance = "tts-b"
     board.update(hello)
     board.connection("tts-b", True)
     board.connection("tts-b", False)  # tts-b exits 78 ...
     failed = StageError(stage="tts", kind="load_failed", message="cannot load /missing.pth")
-    failed.producer = "tts-b"
+    failed.instance = "tts-b"
     board.update(failed)  # ... and its last messages are read after that
     bye = StageBye(stage="tts", reason="exit")
-    bye.producer = "tts-b"
+    bye.instance = "tts-b"
     board.update(bye)
     assert board.state("tts") == "failed" and "/missing.pth" in board.stages["tts"].error
 
@@ -235,8 +235,8 @@ def two_tts_workers():
     return clock, board, turn, recovery
 
 
-def result(message, producer):
-    message.producer = producer
+def result(message, instance):
+    message.instance = instance
     return message
 
 

@@ -16,11 +16,11 @@ from services.llm.chunker import iter_chunks
 from services.llm.limits import (REPETITION, SENTENCE_LIMIT, ReplyRules, is_near_copy, repeated_sentences,
                                  split_sentences)
 from services.llm.stage import LlmStage
-from services.loadtest.client import TurnResult
-from services.loadtest.report import summarize
-from services.loadtest.runner import RunResult
+from tools.loadtest.client import TurnResult
+from tools.loadtest.report import summarize
+from tools.loadtest.runner import RunResult
 from services.runtime.settings import StageSettings
-from services.runtime.stage import InProcessTurn
+from services.runtime.stage import InProcessStopCheck
 from tests.fakes.openai_server import Answer, FakeOpenAI, stream_of
 
 # The registry model's reply of issue 18, in the word pieces a streamer hands out.
@@ -49,7 +49,7 @@ def spoken(chunks) -> list[str]:
 # --- the rules on a token stream ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["fast", "original"])
+@pytest.mark.parametrize("mode", ["fast", "sentences"])
 def test_the_chunker_with_the_rules_ends_a_looping_stream_at_the_first_repeat(mode):
     pulled = []
 
@@ -131,7 +131,7 @@ def scripted_stage(backend, **settings) -> LlmStage:
 def test_the_stage_ends_a_looping_reply_at_the_first_repeat_and_says_why(caplog):
     backend = ScriptedBackend(LOOP_PIECES)
     with caplog.at_level("INFO", logger="s2s.llm"):
-        out = [m for m, _ in scripted_stage(backend).handle(REQUEST, [], InProcessTurn())]
+        out = [m for m, _ in scripted_stage(backend).handle(REQUEST, [], InProcessStopCheck())]
     sentences = [m.text for m in out if isinstance(m, LlmSentence)]
     assert spoken(sentences) == KEPT
     done = out[-1]
@@ -144,14 +144,14 @@ def test_the_stage_ends_a_looping_reply_at_the_first_repeat_and_says_why(caplog)
 @pytest.mark.parametrize("finish, reason", [("eos", "end_of_text"), ("length", "token_cap")])
 def test_the_stage_reports_end_of_text_and_the_token_cap(finish, reason):
     out = [m for m, _ in scripted_stage(ScriptedBackend(["Hello ", "there, ", "friend. "], finish))
-           .handle(REQUEST, [], InProcessTurn())]
+           .handle(REQUEST, [], InProcessStopCheck())]
     assert out[-1].end_reason == reason
 
 
 def test_a_cancelled_reply_says_cancel():
     stop = []
     backend = ScriptedBackend(["One ", "two ", "three, ", "four ", "five."])
-    outputs = scripted_stage(backend).handle(REQUEST, [], InProcessTurn(lambda: bool(stop)))
+    outputs = scripted_stage(backend).handle(REQUEST, [], InProcessStopCheck(lambda: bool(stop)))
     for message, _ in outputs:
         if isinstance(message, LlmSentence):
             stop.append(1)
@@ -209,7 +209,7 @@ def test_the_sentence_limit_stops_the_decode_batch_at_the_cut(tiny_qwen2, monkey
     batcher = stage.backend._batcher()
     steps = batcher.steps
     made.clear()
-    out = [m for m, _ in stage.handle(REQUEST, [], InProcessTurn())]
+    out = [m for m, _ in stage.handle(REQUEST, [], InProcessStopCheck())]
     assert out[-1].end_reason == SENTENCE_LIMIT
     assert made == full[:needed]  # the same greedy tokens, up to the cut and not one more
     assert batcher.steps - steps == needed - 1  # the prefill made the first; one step for each other
@@ -227,7 +227,7 @@ def test_the_openai_compatible_stage_hangs_up_at_the_first_repeat():
         stage = LlmStage(StageSettings("llm", {"S2S_LLM_BACKEND": "openai-compatible",
                                                "S2S_LLM_BASE_URL": fake.url, "S2S_LLM_MODEL": "fake-model"}))
         stage.load()
-        out = [m for m, _ in stage.handle(REQUEST, [], InProcessTurn())]
+        out = [m for m, _ in stage.handle(REQUEST, [], InProcessStopCheck())]
         assert spoken(m.text for m in out if isinstance(m, LlmSentence)) == KEPT
         assert out[-1].end_reason == REPETITION
         assert wait_for(lambda: fake.hangups)
@@ -334,7 +334,7 @@ def test_the_registry_model_no_longer_loops_on_the_question_of_the_issue(registr
     looped = "".join(before.stream(stage.prompt(request), max_new_tokens=220))
     assert repeated_sentences(looped) >= 3, looped  # it loops today
 
-    out = [m for m, _ in stage.handle(request, [], InProcessTurn())]
+    out = [m for m, _ in stage.handle(request, [], InProcessStopCheck())]
     reply = " ".join(m.text for m in out if isinstance(m, LlmSentence))
     assert "whale" in reply.lower(), reply
     assert repeated_sentences(reply) == 0 and len(split_sentences(reply)) <= 4, reply

@@ -136,7 +136,7 @@ def test_swapping_the_asr_backend_while_the_harness_runs(product, question, asr_
     assert before["stages"]["asr"]["backend"] == "openai-whisper"
     out = tmp_path / "harness"
     harness = subprocess.Popen(
-        [sys.executable, "-m", "services.loadtest", "--url", product.url, "--turns", "8", "--concurrency", "2",
+        [sys.executable, "-m", "tools.loadtest", "--url", product.url, "--turns", "8", "--concurrency", "2",
          "--max-seconds", "400", "--quiet", "--out", str(out), str(question)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

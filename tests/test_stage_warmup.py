@@ -1,6 +1,8 @@
 """Each stage warms its model up at load, through its own request handler, and a warm-up that
 fails stops the stage with a config error (exit 78) instead of serving a broken model."""
 
+import logging
+
 import pytest
 
 from services.asr.stage import AsrStage
@@ -69,10 +71,14 @@ def test_the_onnx_tts_backend_warms_itself_and_is_not_warmed_twice(tiny_kokoro_o
     assert stage.backend.warmup_s > 0 and seen == []
 
 
-def test_llm_chunking_settings_are_checked_at_start(tiny_qwen2):
-    with pytest.raises(ConfigError, match="S2S_LLM_CHUNKING must be fast or original"):
+def test_llm_chunking_settings_are_checked_at_start(tiny_qwen2, caplog):
+    with pytest.raises(ConfigError, match="S2S_LLM_CHUNKING must be fast or sentences"):
         LlmStage(settings("llm", MODEL=tiny_qwen2, CHUNKING="quick"))
     with pytest.raises(ConfigError, match="at least 1"):
         LlmStage(settings("llm", MODEL=tiny_qwen2, FIRST_MIN_WORDS=0))
     assert LlmStage(settings("llm", MODEL=tiny_qwen2)).chunking == "fast"
-    assert LlmStage(settings("llm", MODEL=tiny_qwen2, CHUNKING="original")).chunking == "original"
+    assert LlmStage(settings("llm", MODEL=tiny_qwen2, CHUNKING="sentences")).chunking == "sentences"
+    # the old name still works (operators' env files), with a warning
+    with caplog.at_level(logging.WARNING, logger="s2s.llm"):
+        assert LlmStage(settings("llm", MODEL=tiny_qwen2, CHUNKING="original")).chunking == "sentences"
+    assert "S2S_LLM_CHUNKING=original is deprecated" in caplog.text

@@ -53,7 +53,7 @@ def test_lifecycle_announces_hello_ready_and_heartbeats(worker):
     beat = w.bus.wait_for(lambda m: isinstance(m, StageHeartbeat))
     assert beat.state == "ready" and beat.queue_depth == 0
     # its own inbox, in the run dir, named after it: in the hello, and in every beat for a gateway that starts later
-    assert hello.inbox == beat.inbox == f"ipc://{w.env['S2S_RUN_DIR']}/{hello.producer}.in"
+    assert hello.inbox == beat.inbox == f"ipc://{w.env['S2S_RUN_DIR']}/{hello.instance}.in"
 
 
 def test_lifecycle_messages_wait_for_a_late_gateway_and_keep_their_order(worker):
@@ -63,7 +63,7 @@ def test_lifecycle_messages_wait_for_a_late_gateway_and_keep_their_order(worker)
     ready = w.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=10)
     lifecycle = [type(m).__name__ for m in w.bus.seen if isinstance(m, (StageHello, StageReady))]
     assert lifecycle == ["StageHello", "StageReady"]
-    assert ready.producer == w.bus.seen[0].producer
+    assert ready.instance == w.bus.seen[0].instance
 
 
 def test_outputs_carry_the_request_ids_in_order(worker):
@@ -73,7 +73,7 @@ def test_outputs_carry_the_request_ids_in_order(worker):
     parts = [m for m in w.bus.seen if isinstance(m, TtsAudio)]
     assert [p.part for p in parts] == [0, 1, 2]
     assert all((m.session, m.turn) == ("abc", 4) for m in [*parts, done])
-    seqs = [m.seq for m in w.bus.seen if m.producer == done.producer]
+    seqs = [m.seq for m in w.bus.seen if m.instance == done.instance]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
@@ -95,7 +95,7 @@ def test_each_of_several_workers_gets_only_what_is_sent_to_its_own_inbox(worker)
     worker it is addressed to, and a cancel sent to one worker stops its turn there and nowhere else."""
     first = worker()
     second = worker(bus=first.bus)
-    readies = {first.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20).producer for _ in range(2)}
+    readies = {first.bus.wait_for(lambda m: isinstance(m, StageReady), timeout=20).instance for _ in range(2)}
     assert len(readies) == 2 and set(first.bus.inboxes) == readies
     holders = {"s1": first.bus.workers["tts"][0], "s2": first.bus.workers["tts"][1]}
     for session, holder in holders.items():
@@ -103,14 +103,14 @@ def test_each_of_several_workers_gets_only_what_is_sent_to_its_own_inbox(worker)
     seen = {}
     while len(seen) < 2:
         audio = first.bus.wait_for(lambda m: isinstance(m, TtsAudio) and m.part == 2)
-        seen[audio.session] = audio.producer
+        seen[audio.session] = audio.instance
     assert seen == holders  # each request went to the worker it was addressed to
     first.bus.send("tts", TurnCancel(session="s1", turn=1), to=holders["s1"])
     # the same cancel at the other worker would not stop s2 there either: it is another session
     after = first.bus.collect(0.5)
     assert len([m for m in after if isinstance(m, TtsAudio) and m.session == "s1"]) <= 2
     assert not any(isinstance(m, TtsDone) for m in after)
-    assert [m.producer for m in after if isinstance(m, TtsAudio) and m.session == "s2"][-1:] == [holders["s2"]]
+    assert [m.instance for m in after if isinstance(m, TtsAudio) and m.session == "s2"][-1:] == [holders["s2"]]
     first.bus.send("tts", TurnCancel(session="s2", turn=1), to=holders["s2"])
     assert second.proc.poll() is None
 

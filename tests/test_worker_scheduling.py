@@ -29,7 +29,7 @@ class SleepyStage:
 
         return StageInfo("sleepy", "none", "cpu")
 
-    def handle(self, request, payload, turn):
+    def handle(self, request, payload, stop):
         started = time.monotonic()
         time.sleep(0.3)
         with self.lock:

@@ -18,7 +18,7 @@ from services.runtime.audio import float_to_pcm16, pcm16_to_float
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_asr
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, TurnContext
+from services.runtime.worker import Output, StopCheck
 
 SAMPLE_RATE = 16000
 
@@ -46,9 +46,9 @@ class AsrStage(BackendStage):
     def _transcribe(self, audio: np.ndarray) -> str:
         return self.backend.transcribe(audio)
 
-    def handle(self, request, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+    def handle(self, request, payload: list[bytes], stop: StopCheck) -> Iterator[Output]:
         if isinstance(request, (AsrStreamStart, AsrStreamAudio, AsrStreamEnd)):
-            yield from self.streams.handle(request, payload, turn)
+            yield from self.streams.handle(request, payload, stop)
             return
         if request.sample_rate != SAMPLE_RATE:
             raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")

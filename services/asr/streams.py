@@ -58,12 +58,12 @@ class Streams:
         self.transcribe = transcribe
         self.open: OrderedDict[tuple[str, int], _Stream] = OrderedDict()
 
-    def handle(self, request, payload: list[bytes], turn) -> Iterator:
+    def handle(self, request, payload: list[bytes], stop) -> Iterator:
         key = (request.session, request.turn)
         if isinstance(request, AsrStreamStart):
             if request.sample_rate != SAMPLE_RATE:
                 raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")
-            self._forget_stale(turn)
+            self._forget_stale(stop)
             self.open[key] = _Stream()
             while len(self.open) > MAX_STREAMS:
                 self.open.popitem(last=False)
@@ -71,7 +71,7 @@ class Streams:
         stream = self.open.get(key)
         if stream is None:
             raise BadRequest("no open utterance for this turn (asr.stream.start missing, or it was evicted)")
-        if turn.should_stop():  # cancelled: forget it; nothing more will come for it
+        if stop.should_stop():  # cancelled: forget it; nothing more will come for it
             self.open.pop(key, None)
             return
         self.open.move_to_end(key)
@@ -82,11 +82,11 @@ class Streams:
             del self.open[key]
             yield from self._end(stream, request)
 
-    def _forget_stale(self, turn) -> None:
+    def _forget_stale(self, stop) -> None:
         """Utterances whose turn was cancelled (a closed socket, a cleared buffer) or that nothing
         fed for STALE_S: no more messages will come for them."""
         cutoff = time.monotonic() - STALE_S
-        is_live = getattr(turn, "is_live", lambda session, number: True)  # in-process: no cancels
+        is_live = getattr(stop, "is_live", lambda session, number: True)  # in-process: no cancels
         for key in [k for k, s in self.open.items() if s.fed < cutoff or not is_live(*k)]:
             del self.open[key]
 

@@ -1,8 +1,9 @@
 """Cut a stream of LLM text pieces into chunks for TTS.
 
 Two modes (S2S_LLM_CHUNKING):
-- original: the original app's chunker, exactly: a chunk is the text up to the last sentence end
-  once it holds at least `min_words` (8) words.
+- sentences: whole sentences from the start (the original app's chunker, exactly): a chunk is the
+  text up to the last sentence end once it holds at least `min_words` (8) words. `original`, its
+  name before, is still accepted (deprecated).
 - fast (default): the first chunk is the first clause of at least `first_min_words` (3) words, cut at
   , ; : . ! or ?, so the first audio starts sooner; after it, the original rule. A cut waits for the
   space after the mark, so "2,500" and "3.14" are never split across two clips.
@@ -19,7 +20,10 @@ BOUNDARY = re.compile(r"[.!?](?:\s|$)")
 SENTENCE_END = re.compile(r"[.!?](?=\s)")
 CLAUSE_END = re.compile(r"[,;:.!?](?=\s)")
 
-CHUNKING_MODES = ("fast", "original")
+CHUNKING_MODES = ("fast", "sentences")
+# Old names still accepted in S2S_LLM_CHUNKING, and what they mean now. Deprecated: the stage
+# warns at start; env files should say the new name.
+DEPRECATED_CHUNKING = {"original": "sentences"}
 
 
 def _words(text: str) -> int:
@@ -82,7 +86,7 @@ def iter_fast_chunks(pieces: Iterable[str], first_min_words: int = 3, min_words:
 
 def iter_chunks(pieces: Iterable[str], mode: str = "fast", min_words: int = 8,
                 first_min_words: int = 3) -> Iterator[str]:
-    if mode == "original":
+    if mode == "sentences":
         return iter_sentence_chunks(pieces, min_words)
     if mode == "fast":
         return iter_fast_chunks(pieces, first_min_words, min_words)

@@ -22,38 +22,19 @@ from pathlib import Path
 from typing import Callable, Generator, Iterator
 from urllib.parse import urlsplit
 
+from services.models.remote import DEFAULT_BASE_URL, DEFAULT_MODEL, NAME, base_url_of, parse_base_url
+from services.models.resolve import plan_remote_llm
 from services.runtime.errors import ConfigError
 from services.runtime.net import is_loopback_host
 
 log = logging.getLogger("s2s.llm.remote")
 
-NAME = "openai-compatible"
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 MAX_LINE = 1 << 20  # one SSE line (one chunk's JSON) longer than this is not a chat stream
 MAX_BODY = 1 << 20  # how much of a JSON answer (a model list, an error) is read
 
 
 class RemoteLlmError(RuntimeError):
     """One reply failed at the server or on the way back: that turn's error, never the worker's."""
-
-
-def parse_base_url(url: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, path prefix) of S2S_LLM_BASE_URL, or a ConfigError saying what is wrong."""
-    parts = urlsplit((url or "").strip())
-    example = f"such as {DEFAULT_BASE_URL}"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"S2S_LLM_BASE_URL must be an http:// or https:// URL {example}, got {url!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError("S2S_LLM_BASE_URL must not carry credentials: put the API key in a file "
-                          "named by S2S_LLM_API_KEY_FILE")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"S2S_LLM_BASE_URL must be the API root {example}, without ?query or #fragment")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ConfigError(f"S2S_LLM_BASE_URL has an invalid port: {url!r}") from None
-    return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
 
 
 def read_api_key(path: str) -> str:
@@ -153,7 +134,7 @@ class OpenAICompatibleBackend:
     ):
         # No I/O here: load() reaches the server and reads the key.
         self.scheme, self.host, self.port, self.path = parse_base_url(base_url)
-        self.base_url = f"{self.scheme}://{urlsplit(base_url.strip()).netloc}{self.path}"
+        self.base_url = base_url_of(base_url)
         self.model = self.model_label = model
         self.api_key_file = api_key_file
         self.temperature = temperature
@@ -339,33 +320,10 @@ def _hang_up(conn: http.client.HTTPConnection, response: http.client.HTTPRespons
     conn.close()
 
 
-def plan(settings, prepare: bool = True, log_line=None):
-    """The stage's plan for this backend (see services/models/resolve.py): the model is the
-    server's, so nothing is resolved or downloaded here. No I/O: load() reaches the server."""
-    from services.models.resolve import Plan
-
-    base_url = settings.get("BASE_URL", DEFAULT_BASE_URL)
-    model = settings.get("MODEL", DEFAULT_MODEL)
-    options = dict(
-        base_url=base_url, model=model, api_key_file=settings.get("API_KEY_FILE"),
-        temperature=settings.get_float("TEMPERATURE", 0.0),
-        connect_timeout_s=settings.get_float("CONNECT_TIMEOUT_S", 5.0),
-        read_timeout_s=settings.get_float("READ_TIMEOUT_S", 60.0),
-        wait_s=settings.get_float("SERVER_WAIT_S", 0.0),
-    )
-    for key in ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"):
-        if settings.get_float(key, 1.0) <= 0:
-            raise ConfigError(f"S2S_LLM_{key} must be more than 0")
-    if options["wait_s"] < 0 or options["temperature"] < 0:
-        raise ConfigError("S2S_LLM_SERVER_WAIT_S and S2S_LLM_TEMPERATURE must not be negative")
-    server = OpenAICompatibleBackend(**options)  # checks the URL; no I/O
-    return Plan(NAME, options, model, "remote", f"served by the OpenAI-compatible server at {server.base_url}")
-
-
 def stage_info(settings):
     """What the settings ask for, before load(): backend, model, device "remote: <host>"."""
     from services.runtime.worker import StageInfo
 
-    planned = plan(settings)
+    planned = plan_remote_llm(settings)
     return StageInfo(NAME, planned.model, OpenAICompatibleBackend(**planned.options).device,
                      planned.source, planned.reason)

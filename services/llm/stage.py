@@ -8,15 +8,15 @@ from typing import Iterator
 
 from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
 from services.llm import openai_compatible
-from services.llm.chunker import CHUNKING_MODES, iter_chunks
+from services.llm.chunker import CHUNKING_MODES, DEPRECATED_CHUNKING, iter_chunks
 from services.llm.limits import CANCEL, END_OF_TEXT, TOKEN_CAP, ReplyRules
 from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES, PERSONAS, SPOKEN_RULE, system_prompt
 from services.runtime.errors import BadRequest, ConfigError
 from services.runtime.logs import turn_fields
-from services.models.resolve import plan_llm
+from services.models.resolve import plan_llm, plan_remote_llm
 from services.runtime.settings import StageSettings
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, StageInfo, TurnContext
+from services.runtime.worker import Output, StageInfo, StopCheck
 
 ROLES = {"user", "assistant"}
 log = logging.getLogger("s2s.llm")
@@ -38,6 +38,10 @@ class LlmStage(BackendStage):
         # the persona's spoken rule ("a maximum of 4 sentences"), kept here whatever the model does
         self.max_sentences = settings.get_int("MAX_SENTENCES", 4)
         self.chunking = (settings.get("CHUNKING", "fast") or "fast").strip().lower()
+        if self.chunking in DEPRECATED_CHUNKING:
+            log.warning("S2S_LLM_CHUNKING=%s is deprecated: it is now called %s", self.chunking,
+                        DEPRECATED_CHUNKING[self.chunking])
+            self.chunking = DEPRECATED_CHUNKING[self.chunking]
         if self.chunking not in CHUNKING_MODES:
             raise ConfigError(f"S2S_LLM_CHUNKING must be {' or '.join(CHUNKING_MODES)}, got {self.chunking!r}")
         if self.min_words < 1 or self.first_min_words < 1:
@@ -45,7 +49,7 @@ class LlmStage(BackendStage):
         if self.max_sentences < 1:
             raise ConfigError(f"S2S_LLM_MAX_SENTENCES must be at least 1, got {self.max_sentences}")
         if self.backend_name == openai_compatible.NAME:
-            openai_compatible.plan(settings)  # a bad S2S_LLM_BASE_URL or timeout: exit 78 before starting
+            plan_remote_llm(settings)  # a bad S2S_LLM_BASE_URL or timeout: exit 78 before starting
 
     def describe(self) -> StageInfo:
         if self.backend_name == openai_compatible.NAME:  # backend, model, device "remote: <host>"
@@ -70,7 +74,7 @@ class LlmStage(BackendStage):
             {"role": m.role, "content": m.content} for m in history
         ]
 
-    def handle(self, request: LlmRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+    def handle(self, request: LlmRequest, payload: list[bytes], stop: StopCheck) -> Iterator[Output]:
         messages = self.prompt(request)
         max_new = min(request.max_new_tokens, self.max_new_tokens)
         started = time.monotonic()
@@ -94,7 +98,7 @@ class LlmStage(BackendStage):
                 pieces += 1
                 yield piece
 
-        stream = self.backend.stream(messages, max_new_tokens=max_new, should_stop=turn.should_stop,
+        stream = self.backend.stream(messages, max_new_tokens=max_new, should_stop=stop.should_stop,
                                      until=guard.ends_with)
         reason = CANCEL  # unless the loop below runs to its end: the worker stopped reading
         try:
@@ -105,7 +109,7 @@ class LlmStage(BackendStage):
                     first_s = elapsed
                 yield LlmSentence(index=len(sentences), text=sentence, elapsed_s=round(elapsed, 4)), ()
                 sentences.append(sentence)
-            reason = rules.end_reason or (CANCEL if turn.should_stop() or finish == "stopped"
+            reason = rules.end_reason or (CANCEL if stop.should_stop() or finish == "stopped"
                                           else TOKEN_CAP if finish == "length" else END_OF_TEXT)
         except Exception:
             reason = "error"  # the log line only: the worker sends the stage.error

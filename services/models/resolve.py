@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.models import remote
 from services.runtime.errors import ConfigError
-from services.llm import openai_compatible
 from services.runtime.settings import StageSettings
 
 log = logging.getLogger("s2s.models")
@@ -165,8 +165,8 @@ def _whisper_probe(model: str):
 
 def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
     backend = settings.get("BACKEND", "transformers")
-    if backend == openai_compatible.NAME:  # the server's model is the server's business
-        return openai_compatible.plan(settings)
+    if backend == remote.NAME:  # the server's model is the server's business
+        return plan_remote_llm(settings)
     r = Resolver(settings, prepare, log_line)
     model = settings.get("MODEL", "Qwen/Qwen2.5-1.5B-Instruct")
     options = dict(device=settings.get("DEVICE", "auto"), dtype=settings.get("DTYPE", "auto"),
@@ -185,6 +185,27 @@ def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
     path = r.registry("smollm2-135m-instruct")
     options = {**SMOLLM2_DECODING, **options, "model": str(path), "gguf_file": SMOLLM2_GGUF}
     return Plan(backend, options, "SmolLM2-135M-Instruct (GGUF)", "registry", reason, artifact="smollm2-135m-instruct")
+
+
+def plan_remote_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
+    """The `openai-compatible` backend's plan: the model is the server's, so nothing is resolved
+    or downloaded here. No I/O: the backend's load() reaches the server."""
+    base_url = settings.get("BASE_URL", remote.DEFAULT_BASE_URL)
+    model = settings.get("MODEL", remote.DEFAULT_MODEL)
+    options = dict(
+        base_url=base_url, model=model, api_key_file=settings.get("API_KEY_FILE"),
+        temperature=settings.get_float("TEMPERATURE", 0.0),
+        connect_timeout_s=settings.get_float("CONNECT_TIMEOUT_S", 5.0),
+        read_timeout_s=settings.get_float("READ_TIMEOUT_S", 60.0),
+        wait_s=settings.get_float("SERVER_WAIT_S", 0.0),
+    )
+    for key in ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"):
+        if settings.get_float(key, 1.0) <= 0:
+            raise ConfigError(f"S2S_LLM_{key} must be more than 0")
+    if options["wait_s"] < 0 or options["temperature"] < 0:
+        raise ConfigError("S2S_LLM_SERVER_WAIT_S and S2S_LLM_TEMPERATURE must not be negative")
+    where = remote.base_url_of(base_url)  # checks the URL
+    return Plan(remote.NAME, options, model, "remote", f"served by the OpenAI-compatible server at {where}")
 
 
 def _decoding_settings(settings: StageSettings) -> dict:

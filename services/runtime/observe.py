@@ -59,7 +59,7 @@ class Worker(Protocol):
     info: LoadedModel
 
 
-class TurnContext(Protocol):
+class StopCheck(Protocol):
     def stale_reason(self) -> str | None: ...
 
 log = logging.getLogger("s2s.worker.requests")
@@ -258,11 +258,11 @@ class WorkerObserver:
         self._failed[id(request)] = (kind, text)
 
     @never_raises
-    def finished(self, request: Envelope, turn: "TurnContext", started: float | None) -> None:
+    def finished(self, request: Envelope, stop: "StopCheck", started: float | None) -> None:
         duration = time.monotonic() - (started or time.monotonic())
         self.compute_seconds.observe(duration)
         kind, text = self._failed.pop(id(request), (None, None))
-        reason = turn.stale_reason()
+        reason = stop.stale_reason()
         if kind is not None:
             outcome = kind if kind in self.outcomes else "failed"
         elif reason is not None:

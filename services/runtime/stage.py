@@ -67,7 +67,7 @@ class BackendStage:
         request, payload = made
         started = time.monotonic()
         try:
-            for _ in self.handle(request, payload, InProcessTurn()):
+            for _ in self.handle(request, payload, InProcessStopCheck()):
                 pass
         except Exception as exc:  # a model that cannot answer a trivial request is not ready
             raise ConfigError(f"{self.name} warm-up failed: {type(exc).__name__}: {exc}") from exc
@@ -76,8 +76,8 @@ class BackendStage:
         return elapsed
 
 
-class InProcessTurn:
-    """The TurnContext of a request handled in-process, without the bus (a warm-up, the original
+class InProcessStopCheck:
+    """The stop check of a request handled in-process, without the bus (a warm-up, the original
     flow): it stops when `should_stop` says so, never by default."""
 
     def __init__(self, should_stop: Callable[[], bool] = lambda: False):

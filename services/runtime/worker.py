@@ -71,7 +71,7 @@ class Stage(Protocol):
         """Load the backend (heavy); return what was really loaded and where."""
         ...
 
-    def handle(self, request: Envelope, payload: list[bytes], turn: "TurnContext") -> Iterator[Output]: ...
+    def handle(self, request: Envelope, payload: list[bytes], stop: "StopCheck") -> Iterator[Output]: ...
 
 
 class TurnBook:
@@ -105,8 +105,9 @@ class TurnBook:
             return turn >= self._latest.get(session, turn)
 
 
-class TurnContext:
-    """Handed to Stage.handle: tells the compute loop when to stop early."""
+class StopCheck:
+    """One request's stop check, handed to Stage.handle: tells the compute loop when to stop
+    early (its turn cancelled or superseded, its deadline passed, the worker draining)."""
 
     def __init__(self, request: Envelope, book: TurnBook, draining: threading.Event):
         self.request = request
@@ -178,7 +179,7 @@ class Worker:
         with self._seq_lock:
             self._seq += 1
             message.seq = self._seq
-        message.producer = self.instance
+        message.instance = self.instance
         message.sent = time.monotonic()
         if reply_to is not None:
             message.session, message.turn = reply_to.session, reply_to.turn
@@ -399,22 +400,22 @@ class Worker:
             self._process(request, payload)
 
     def _process(self, request: Envelope, payload: list[bytes]) -> None:
-        turn = TurnContext(request, self.book, self.draining)
-        if turn.should_stop():
-            self.observe.stale_dropped(request, turn.stale_reason())
+        stop = StopCheck(request, self.book, self.draining)
+        if stop.should_stop():
+            self.observe.stale_dropped(request, stop.stale_reason())
             return
         with self._busy_lock:
             if self._busy == 0:
                 self.state, self.busy_since = "busy", time.monotonic()
             self._busy += 1
         started = self.observe.started(request)
-        outputs = self.stage.handle(request, payload, turn)
+        outputs = self.stage.handle(request, payload, stop)
         try:
             for message, frames in outputs:
-                if turn.should_stop():
+                if stop.should_stop():
                     break
                 self.send(message, *frames, reply_to=request)
-            if turn.stale_reason() == "shutdown":
+            if stop.stale_reason() == "shutdown":
                 self._fail(request, "shutdown", f"{self.stage.name} stage shut down mid-request")
         except BadRequest as exc:
             self._fail(request, "bad_request", str(exc))
@@ -423,7 +424,7 @@ class Worker:
             self._fail(request, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             outputs.close()
-            self.observe.finished(request, turn, started)
+            self.observe.finished(request, stop, started)
             with self._busy_lock:
                 self._busy -= 1
                 if self._busy == 0 and self.state == "busy":

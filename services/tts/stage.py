@@ -11,7 +11,7 @@ from services.runtime.audio import float_to_pcm16
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_tts
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, TurnContext
+from services.runtime.worker import Output, StopCheck
 from services.tts.onnx_backend import WARMUP_TEXT
 from services.tts.sanitize import clean_for_tts
 
@@ -38,7 +38,7 @@ class TtsStage(BackendStage):
             return None  # the backend warmed itself up while loading (kokoro-onnx)
         return TtsRequest(session="warm-up", index=0, text=WARMUP_TEXT, voice=PERSONAS[DEFAULT_PERSONA].voice), []
 
-    def handle(self, request: TtsRequest, payload: list[bytes], turn: TurnContext) -> Iterator[Output]:
+    def handle(self, request: TtsRequest, payload: list[bytes], stop: StopCheck) -> Iterator[Output]:
         if request.voice not in VOICES:
             raise BadRequest(f"unknown voice {request.voice!r}")
         if not 0.5 <= request.speed <= 2.0:
@@ -50,7 +50,7 @@ class TtsStage(BackendStage):
         if text:
             part_started = started
             for audio in self.backend.synthesize(text, request.voice, request.speed, first=request.index == 0):
-                if turn.should_stop():
+                if stop.should_stop():
                     return
                 yield TtsAudio(index=request.index, part=parts, text=text if parts == 0 else "",
                                sample_rate=rate, compute_s=round(time.monotonic() - part_started, 4)), (

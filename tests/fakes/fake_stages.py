@@ -70,7 +70,7 @@ class FakeStages:
             stage = message.stage if kind == "stage" else kind
             if reply_to is not None:
                 message.session, message.turn = reply_to.session, reply_to.turn
-            message.producer = self.instances[stage]
+            message.instance = self.instances[stage]
             push.send_multipart(proto.encode(message, *payload))
 
         for stage in self.stages:

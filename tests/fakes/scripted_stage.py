@@ -31,7 +31,7 @@ class ScriptedStage:
             raise ConfigError("model file /nonexistent is missing")
         return StageInfo("scripted", "script", "cpu")
 
-    def handle(self, request, payload, turn):
+    def handle(self, request, payload, stop):
         if request.text == "boom":
             raise RuntimeError("the model exploded")
         if request.text == "bad":
@@ -39,7 +39,7 @@ class ScriptedStage:
         script = dict(item.split("=") for item in request.text.split())
         parts, delay = int(script.get("parts", 1)), float(script.get("delay", 0))
         held_until = time.monotonic() + float(script.get("hold", 0))
-        while time.monotonic() < held_until and not turn.should_stop():
+        while time.monotonic() < held_until and not stop.should_stop():
             time.sleep(0.01)
         for part in range(parts):
             time.sleep(delay)

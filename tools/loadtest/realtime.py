@@ -31,8 +31,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from services.loadtest.client import AudioInput
-from services.loadtest.report import _pyplot, stats
+from tools.loadtest.client import AudioInput
+from tools.loadtest.report import _pyplot, stats
 
 RATE = 24000
 CHUNK_S = 0.1
@@ -260,7 +260,7 @@ def summarize_realtime(turns: list[RealtimeTurn], wall_s: float, config: dict) -
 
 
 def _p90(values) -> float | None:
-    from services.loadtest.report import percentile
+    from tools.loadtest.report import percentile
 
     value = percentile([v for v in values if v is not None], 90.0)
     return None if value is None else round(value, 4)

@@ -9,23 +9,31 @@ import threading
 
 from aiohttp import web
 
-from gateway.app import Gateway, SseWriter, security_headers
+from gateway.conversations import ConversationStore
+from gateway.http import SseWriter, security_headers
 from gateway.settings import GatewaySettings
-from services.original_flow.pipeline import OriginalPipeline
+from gateway.upload_desk import UploadDesk
+from tools.original_flow.pipeline import OriginalPipeline
 
 log = logging.getLogger("s2s.original")
 PIPELINE = web.AppKey("pipeline", OriginalPipeline)
 
 
-class OriginalFlowServer(Gateway):
-    """The gateway's uploads, conversations and SSE; the turn itself runs in-process under one lock."""
+class OriginalFlowServer:
+    """The gateway's uploads, conversations and SSE (its upload desk and SSE writer, no bus: the
+    models live in this process); the turn itself runs in-process under one lock."""
 
     def __init__(self, settings: GatewaySettings, pipeline: OriginalPipeline):
-        super().__init__(settings, bus=None)  # no bus: the models live in this process
+        self.settings = settings
         self.pipeline = pipeline
+        conversations = ConversationStore(settings.max_conversations, settings.max_conversations_per_client)
+        self.desk = UploadDesk(settings, conversations)  # a client's turns at once: its uploads
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        claimed = self.claim_upload(request.match_info["session_id"])
+        claimed = self.desk.claim(request.match_info["upload_id"])
         if isinstance(claimed, web.Response):
             return claimed
         upload, conversation = claimed
@@ -67,8 +75,8 @@ def create_app(pipeline: OriginalPipeline, settings: GatewaySettings | None = No
     app = web.Application(middlewares=[security_headers], client_max_size=settings.max_upload_bytes + 65536)
     app[PIPELINE] = pipeline
     app.router.add_get("/healthz", server.healthz)
-    app.router.add_get("/api/config", server.config)
-    app.router.add_post("/api/clear", server.clear)
-    app.router.add_post("/upload", server.upload)
-    app.router.add_get("/stream/{session_id}", server.stream)
+    app.router.add_get("/api/config", server.desk.config)
+    app.router.add_post("/api/clear", server.desk.clear)
+    app.router.add_post("/upload", server.desk.upload)
+    app.router.add_get("/stream/{upload_id}", server.stream)
     return app

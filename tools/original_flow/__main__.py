@@ -17,8 +17,8 @@ import time
 from aiohttp import web
 
 from gateway.settings import GatewaySettings
-from services.original_flow.app import create_app
-from services.original_flow.pipeline import OriginalPipeline
+from tools.original_flow.app import create_app
+from tools.original_flow.pipeline import OriginalPipeline
 from services.runtime.errors import EXIT_CONFIG, ConfigError
 
 log = logging.getLogger("s2s.original")

@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from services.loadtest.client import TurnResult
-from services.loadtest.runner import RunResult
+from tools.loadtest.client import TurnResult
+from tools.loadtest.runner import RunResult
 
 LATENCY_FIELDS = ("upload_s", "transcript_s", "ttfa_s", "done_s", "asr", "llm", "llm_first_sentence", "tts",
                   "tts_first_chunk", "overhead_s")

@@ -2,12 +2,12 @@
 
 Usage:
     s2s-loadtest [options] AUDIO [AUDIO ...]
-    python -m services.loadtest [options] AUDIO [AUDIO ...]
+    python -m tools.loadtest [options] AUDIO [AUDIO ...]
 
 AUDIO is a .wav, .ogg or .webm file, or a folder of them; the inputs are used in turn, cycling.
 Each simulated user is its own aiohttp client session with its own cookie jar, so conversations
 stay separate, and talks to the gateway exactly as the page does: POST /upload?persona=KEY with
-the recording as the body, then GET /stream/<session_id> (SSE: transcript, chunk..., done | error).
+the recording as the body, then GET /stream/<upload id> (SSE: transcript, chunk..., done | error).
 
 Modes (all bounded by --turns and --max-seconds):
     --concurrency C        C users, each doing turns back to back until N turns are done (default 1)
@@ -33,7 +33,7 @@ Options:
 
 Realtime (--realtime): conversations over /v1/realtime instead of uploads: --concurrency N
 sessions at once, --turns turns in each, every .wav input spoken at real-time pace as a
-microphone would (services/loadtest/realtime.py). Reports speech end to first audio, speech end
+microphone would (tools/loadtest/realtime.py). Reports speech end to first audio, speech end
 to final transcript, the turn detector's end to that transcript, false endpoints and, with --barge-in (the next question interrupts each
 answer as soon as its audio starts), barge-in to the last audio byte of the cancelled answer:
 realtime.json, realtime_turns.csv, realtime.png.
@@ -42,7 +42,7 @@ realtime.json, realtime_turns.csv, realtime.png.
     --silence-ms MS        server_vad's silence_duration_ms (default 500)
     --barge-in             interrupt every answer but the last
 
-Per turn (turns.csv): upload_s (request start to session id), transcript_s, ttfa_s (time to first
+Per turn (turns.csv): upload_s (request start to upload id), transcript_s, ttfa_s (time to first
 audio) and done_s (each from the end of the upload), the stages' compute times from done.timing
 (asr, llm, llm_first_sentence, tts, tts_first_chunk), chunks, audio_s (sum of the chunk WAV
 durations), the error (kind http_4xx / http_5xx with its status, sse_error with its stage, timeout,
@@ -74,9 +74,9 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.loadtest.client import check_health, load_inputs
-from services.loadtest.report import compare, format_comparison, format_table, write_all, write_json
-from services.loadtest.runner import RunConfig, run, run_compare
+from tools.loadtest.client import check_health, load_inputs
+from tools.loadtest.report import compare, format_comparison, format_table, write_all, write_json
+from tools.loadtest.runner import RunConfig, run, run_compare
 from services.personas import PERSONAS
 
 DEFAULT_URL = "http://127.0.0.1:7860"
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _realtime(url: str, inputs, args) -> int:
-    from services.loadtest.realtime import format_realtime, run_realtime, summarize_realtime, write_realtime
+    from tools.loadtest.realtime import format_realtime, run_realtime, summarize_realtime, write_realtime
 
     detection = {"type": args.turn_detection}
     if args.turn_detection == "server_vad":

@@ -21,7 +21,7 @@ from services.llm.stage import LlmStage
 from services.personas import PERSONAS
 from services.runtime.audio import wav_bytes
 from services.runtime.settings import StageSettings
-from services.runtime.stage import InProcessTurn
+from services.runtime.stage import InProcessStopCheck
 from services.tts.stage import TtsStage
 
 Event = tuple[str, dict]  # an SSE event name and its data, as the gateway sends them
@@ -29,10 +29,10 @@ Event = tuple[str, dict]  # an SSE event name and its data, as the gateway sends
 
 def original_settings(stage: str) -> StageSettings:
     """A stage's settings as the original app ran it, whatever the env files say: openai-whisper
-    for ASR, the original chunking, one thread pool per process (each library's default, one
+    for ASR, the original chunking (`sentences`), one thread pool per process (each library's default, one
     thread per core) and no first-sentence thread count. Models, voices and limits stay as set."""
     overrides = {"asr": {"BACKEND": "openai-whisper", "THREADS": "0"},
-                 "llm": {"CHUNKING": "original", "MIN_WORDS": "8", "THREADS": "0"},
+                 "llm": {"CHUNKING": "sentences", "MIN_WORDS": "8", "THREADS": "0"},
                  "tts": {"THREADS": "0", "FIRST_THREADS": ""}}[stage]
     return StageSettings.load(stage).with_values(**overrides)
 
@@ -56,13 +56,13 @@ class OriginalPipeline:
             stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
         """One turn's SSE events: transcript, chunk..., done (or error). Blocks while another turn runs."""
         with self.lock:
-            yield from self._run_locked(pcm, persona, history, InProcessTurn(stop))  # stop: the client left
+            yield from self._run_locked(pcm, persona, history, InProcessStopCheck(stop))  # stop: the client left
 
     def _run_locked(self, pcm: bytes, persona_key: str, history: list[ChatMessage],
-                    turn: InProcessTurn) -> Iterator[Event]:
+                    stop: InProcessStopCheck) -> Iterator[Event]:
         started = time.monotonic()
         timing: dict[str, float] = {}
-        final = self._one(self.asr.handle(AsrRequest(), [pcm], turn), AsrFinal)
+        final = self._one(self.asr.handle(AsrRequest(), [pcm], stop), AsrFinal)
         timing["asr"] = final.compute_s
         text = final.text.strip()
         yield "transcript", {"text": text, "asr_time": final.compute_s}
@@ -73,14 +73,14 @@ class OriginalPipeline:
         request = LlmRequest(persona=persona.key, history=[*history, ChatMessage("user", text)])
         chunks, tts_s = 0, 0.0
         reply = ""
-        for message, _ in self.llm.handle(request, [], turn):
+        for message, _ in self.llm.handle(request, [], stop):
             if isinstance(message, LlmDone):
                 reply = message.full_text
                 timing.update(llm=message.compute_s, llm_first_sentence=message.first_sentence_s)
                 continue
             assert isinstance(message, LlmSentence)
             speak = TtsRequest(index=message.index, text=message.text, voice=persona.voice)
-            for audio, payload in self.tts.handle(speak, [], turn):
+            for audio, payload in self.tts.handle(speak, [], stop):
                 if not isinstance(audio, TtsAudio):
                     tts_s += audio.compute_s
                     continue
@@ -91,7 +91,7 @@ class OriginalPipeline:
                 yield "chunk", {"index": chunks, "b64": base64.b64encode(wav).decode("ascii"),
                                 "text": message.text if audio.part == 0 else ""}
                 chunks += 1
-            if turn.should_stop():
+            if stop.should_stop():
                 return
         timing["tts"] = round(tts_s, 4)
         timing["total"] = round(time.monotonic() - started, 4)

@@ -1,7 +1,7 @@
 """One turn against a running gateway, exactly as the browser page does it.
 
-POST /upload?persona=KEY with the recording as the body -> {"session_id"}; then
-GET /stream/<session_id> (Server-Sent Events: transcript, chunk..., done | error).
+POST /upload?persona=KEY with the recording as the body -> {"session_id": the single-use upload
+id}; then GET /stream/<upload id> (Server-Sent Events: transcript, chunk..., done | error).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class TurnResult:
     error_status: int | None = None
     error_stage: str | None = None
     error_message: str | None = None
-    upload_s: float | None = None  # request start -> session id
+    upload_s: float | None = None  # request start -> upload id
     transcript_s: float | None = None  # end of upload -> transcript
     ttfa_s: float | None = None  # end of upload -> first chunk
     done_s: float | None = None  # end of upload -> done
@@ -170,10 +170,10 @@ async def _run(session: aiohttp.ClientSession, base_url: str, audio: AudioInput,
         if resp.status != 200:
             result.fail(_http_kind(resp.status), await _error_text(resp), status=resp.status)
             return
-        session_id = (await resp.json())["session_id"]
+        upload_id = (await resp.json())["session_id"]
     uploaded = time.perf_counter()
     result.upload_s = uploaded - t0
-    async with session.get(f"{base_url}/stream/{session_id}") as resp:
+    async with session.get(f"{base_url}/stream/{upload_id}") as resp:
         if resp.status != 200:
             result.fail(_http_kind(resp.status), await _error_text(resp), status=resp.status)
             return

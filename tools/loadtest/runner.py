@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
-from services.loadtest.client import AudioInput, TurnResult, new_user_session, run_turn
+from tools.loadtest.client import AudioInput, TurnResult, new_user_session, run_turn
 
 
 @dataclass
