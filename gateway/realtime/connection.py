@@ -349,7 +349,9 @@ class Connection:
     async def _open_utterance(self, pcm24: bytes) -> None:
         turn = self.open_turn()
         item_id = self.speech_item
-        self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text))
+        # its frames are kept for a re-send up to the buffer's cap (at ASR's 16 kHz)
+        self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text),
+                                   keep_bytes=self.buffer_cap() * 2 // 3)
         await self.utterance.begin()
         self.utterance.feed(resample_24k_to_16k(pcm24))
 
