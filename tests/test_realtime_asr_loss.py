@@ -36,7 +36,7 @@ async def two_asr_workers(make_client, bus_env):
 
 
 @contextlib.contextmanager
-def second_worker(bus_env, gateway):
+def second_worker(bus_env):
     """Another ASR worker, holding what it takes until the test lets it answer."""
     with FakeStages(bus_env, name="second", stages=("asr",)) as second:
         second.silent = {"asr"}
@@ -62,7 +62,7 @@ async def test_a_committed_utterance_whose_worker_dies_goes_whole_to_another(mak
         await connection.input_audio_buffer.commit()
         committed = await until(connection, "input_audio_buffer.committed")
         assert await eventually(lambda: has_end(first))  # the first worker holds all of it, unanswered
-        with second_worker(bus_env, gateway) as second:
+        with second_worker(bus_env) as second:
             assert await eventually(lambda: "second-asr" in gateway.board.ready_instances("asr"))
             first.kill()
             assert await eventually(lambda: has_end(second), timeout=10)
@@ -84,7 +84,7 @@ async def test_an_utterance_whose_worker_dies_mid_speech_goes_on_with_another(ma
         await stream(connection, pcm[:head])
         started = await until(connection, "input_audio_buffer.speech_started")
         assert await eventually(lambda: any(isinstance(m, AsrStreamAudio) for m, _ in first.held))
-        with second_worker(bus_env, gateway) as second:
+        with second_worker(bus_env) as second:
             assert await eventually(lambda: "second-asr" in gateway.board.ready_instances("asr"))
             first.kill()
             assert await eventually(lambda: gateway.board.is_gone("first-asr"))
