@@ -139,6 +139,55 @@ async def test_response_cancel_keeps_only_what_was_delivered(make_client, stages
     assert [m.content for m in stages.llm_requests[-1].history] == ["Tell me about Paris.", FIRST_SENTENCE, "Go on."]
 
 
+async def test_response_cancel_is_read_while_the_response_waits_for_the_transcript(make_client, stages):
+    stages.silent = {"asr"}  # the ASR holds the utterance: its transcript cannot come before the cancel
+    async with realtime_session(make_client) as (connection, created):
+        await push_to_talk(connection)
+        for start in range(0, len(TONE), 9600):
+            await connection.input_audio_buffer.append(audio=base64.b64encode(TONE[start:start + 9600]).decode())
+        await connection.input_audio_buffer.commit()
+        committed = await until(connection, "input_audio_buffer.committed")
+        await connection.response.create()
+        await connection.response.cancel()
+        seen: list = []
+        done = await until(connection, "response.done", seen)
+        assert done.response.status == "cancelled" and done.response.status_details.reason == "client_cancelled"
+        assert done.response.output[0].content[0].transcript == ""
+        assert "conversation.item.input_audio_transcription.completed" not in [e.type for e in seen]
+        assert not stages.llm_requests  # cancelled before the LLM was asked
+        stages.answer_held.set()  # now the transcript comes, and the socket goes on
+        completed = await until(connection, "conversation.item.input_audio_transcription.completed")
+        assert completed.item_id == committed.item_id and completed.transcript == stages.transcript
+        await connection.response.create()
+        assert (await until(connection, "response.done")).response.status == "completed"
+    assert [m.content for m in stages.llm_requests[-1].history] == [stages.transcript]
+
+
+async def test_an_item_goes_where_its_previous_item_id_says(make_client, stages):
+    async with realtime_session(make_client) as (connection, created):
+        ids = {}
+
+        async def create(text: str, **where):
+            await connection.conversation.item.create(item={"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": text}]}, **where)
+            added = await until(connection, "conversation.item.added")
+            ids[text] = added.item.id
+            return added.previous_item_id
+
+        assert await create("A.") is None
+        assert await create("B.") == ids["A."]
+        assert await create("C.", previous_item_id=ids["A."]) == ids["A."]  # between A and B
+        assert await create("D.", previous_item_id="root") is None  # at the start
+        await connection.conversation.item.create(previous_item_id="item_nope", event_id="evt_1", item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "E."}]})
+        error = await until(connection, "error")
+        assert (error.error.code, error.error.param, error.error.event_id) == (
+            "item_not_found", "previous_item_id", "evt_1")
+        await connection.response.create()
+        assert (await until(connection, "response.done")).response.status == "completed"
+    assert [m.content for m in stages.llm_requests[-1].history] == ["D.", "A.", "C.", "B."]  # E. was not added
+
+
 async def test_truncate_changes_what_the_next_answer_knows(make_client, stages):
     async with realtime_session(make_client) as (connection, created):
         done = await type_and_ask(connection, "Tell me about Paris.")
@@ -412,8 +461,9 @@ async def test_silence_between_turns_never_fills_the_buffer(make_client, stages,
             await stream(connection, bytes(48 * 4000))
             # a turn_detection update is handled in line with the audio: its answer means all is in
             await connection.session.update(session={"type": "realtime", "audio": {"input": {
-                "turn_detection": {"type": "server_vad"}}}})
-            await until(connection, "session.updated")
+                "turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}})
+            updated = await until(connection, "session.updated")
+            assert updated.session.audio.input.turn_detection.idle_timeout_ms is None  # not honoured: said so
         await stream(connection, pcm)
         seen: list = []
         started = await until(connection, "input_audio_buffer.speech_started", seen)

@@ -198,7 +198,20 @@ class Connection:
         item = Item(id=event["item"].get("id") or new_id("item"), role="user", text=text)
         if any(i.id == item.id for i in self.items):
             raise ClientError(f"An item with id {item.id!r} exists.", param="item.id")
-        await self.add_item(item, done=True)
+        await self.add_item(item, done=True, position=self._position_after(event.get("previous_item_id")))
+
+    def _position_after(self, previous_id: object) -> int:
+        """Where an item goes given its previous_item_id: absent or null, at the end; "root", at
+        the start; else just after that item (an id the conversation lacks is an error)."""
+        if previous_id is None:
+            return len(self.items)
+        if previous_id == "root":
+            return 0
+        for index, item in enumerate(self.items):
+            if item.id == previous_id:
+                return index + 1
+        raise ClientError(f"No item {previous_id!r} in the conversation to insert after.", code="item_not_found",
+                          param="previous_item_id")
 
     async def on_conversation_item_truncate(self, event: dict) -> None:
         item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
@@ -231,9 +244,9 @@ class Connection:
         instructions = params.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
             raise ClientError("`instructions` must be a string.", param="response.instructions")
-        if self.transcribing is not None and not self.transcribing.done():
-            await asyncio.shield(self.transcribing)  # answer the question still being recognised
-        self.start_response(instructions or None)
+        # the question still being recognised is answered once its transcript is in; the response
+        # waits for it, not this reader (a response.cancel sent meanwhile is read at once)
+        self.start_response(instructions or None, after=self.transcribing)
 
     async def on_response_cancel(self, event: dict) -> None:
         response = self.response
@@ -245,10 +258,17 @@ class Connection:
 
     # --- the conversation ----------------------------------------------------------------------------
 
-    async def add_item(self, item: Item, done: bool) -> None:
-        previous = self.items[-1].id if self.items else None
-        self.items.append(item)
+    def insert_item(self, item: Item, position: int | None = None) -> str | None:
+        """Into the conversation at `position` (None: at the end); the id of the item before it."""
+        position = len(self.items) if position is None else position
+        previous = self.items[position - 1].id if position else None
+        self.items.insert(position, item)
         del self.items[:-MAX_ITEMS]
+        return previous
+
+    async def add_item(self, item: Item, done: bool, position: int | None = None) -> None:
+        """Into the conversation at `position` (None: at the end), and the client is told where."""
+        previous = self.insert_item(item, position)
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.as_dict()})
         if done:
             await self.send({"type": "conversation.item.done", "previous_item_id": previous,
@@ -262,8 +282,8 @@ class Connection:
             return None
         return said[-HISTORY_MESSAGES:]
 
-    def start_response(self, instructions: str | None = None) -> None:
-        self.response = Response(self, instructions)
+    def start_response(self, instructions: str | None = None, after: asyncio.Task | None = None) -> None:
+        self.response = Response(self, instructions, after)
         self.spawn(self.response.run())
 
     # --- audio in ------------------------------------------------------------------------------------
@@ -349,7 +369,9 @@ class Connection:
     async def _open_utterance(self, pcm24: bytes) -> None:
         turn = self.open_turn()
         item_id = self.speech_item
-        self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text))
+        # its frames are kept for a re-send up to the buffer's cap (at ASR's 16 kHz)
+        self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text),
+                                   keep_bytes=self.buffer_cap() * 2 // 3)
         await self.utterance.begin()
         self.utterance.feed(resample_24k_to_16k(pcm24))
 
@@ -386,18 +408,24 @@ class Connection:
         cut = len(self.buffer) if end_ms is None else self._cut(end_ms)
         self.consumed += cut
         del self.buffer[:cut]
-        previous = self.items[-1].id if self.items else None
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
+        # the item and its transcription exist before the client hears of them: a response.create
+        # sent on `committed` finds both
         item = Item(id=item_id, role="user", audio=True, transcribed=False)
-        await self.add_item(item, done=False)
+        previous = self.insert_item(item)
+        announced = asyncio.Event()
         before = self.transcribing
-        self.transcribing = self.spawn(self._transcribe(utterance, item, speech_end_s, before, respond))
+        self.transcribing = self.spawn(self._transcribe(utterance, item, speech_end_s, before, respond, announced))
+        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.as_dict()})
+        announced.set()
 
-    async def _transcribe(self, utterance: Utterance, item: Item, speech_end_s: float, before, respond: bool):
+    async def _transcribe(self, utterance: Utterance, item: Item, speech_end_s: float, before, respond: bool,
+                          announced: asyncio.Event):
         try:
             text, problem = await utterance.finish(speech_end_s)
         finally:
             self.close_turn(utterance.turn, True)
+        await announced.wait()  # its transcript follows the item's conversation.item.added
         if before is not None:
             await asyncio.wait([before])  # items are published in the order they were spoken
         item.text, item.transcribed = text, True
@@ -413,8 +441,8 @@ class Connection:
                              "content_index": 0, "error": {"type": kind, "code": stage, "message": message}})
         previous = self.items[self.items.index(item) - 1].id if self.items.index(item) else None
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item.as_dict()})
-        if respond and problem is None and text:
-            await self._answer_when_free()
+        if respond and problem is None and text:  # not awaited: a response waits for this task
+            self.spawn(self._answer_when_free())
 
     async def _answer_when_free(self) -> None:
         """A detected turn is answered once the response still playing (interrupt_response
@@ -422,7 +450,7 @@ class Connection:
         that ends next is answered with both in the history)."""
         while self.response is not None:
             await self.response.ended.wait()
-        if self.speech_item is None:
+        if self.speech_item is None and self.history() is not None:  # not answered meanwhile
             self.start_response()
 
     def _partial(self, item_id: str, text: str) -> None:
@@ -468,8 +496,9 @@ class Response:
     the client with its transcript in step. Cancelled by response.cancel or by speech that starts
     (barge-in); the conversation keeps only the text of the audio delivered before the cut."""
 
-    def __init__(self, connection: Connection, instructions: str | None):
+    def __init__(self, connection: Connection, instructions: str | None, after: asyncio.Task | None = None):
         self.connection = connection
+        self.after = after  # the transcription to wait for before the LLM reads the conversation
         self.id = new_id("resp")
         self.item = Item(id=new_id("item"), role="assistant", audio=True, status="in_progress", pieces=[])
         self.instructions = instructions
@@ -499,6 +528,9 @@ class Response:
             await c.add_item(self.item, done=False)
             await c.send({"type": "response.content_part.added", **self._ids(),
                           "part": {"type": "audio", "transcript": ""}})
+            if not await self._transcribed():
+                self.outcome = cancelled(self.reason or "client_cancelled")
+                return
             history = c.history()
             if history is None:
                 self.outcome = failed("invalid_request_error", None,
@@ -518,6 +550,17 @@ class Response:
             finally:  # only now may another response start: its events follow this one's response.done
                 c.response = None
                 self.ended.set()
+
+    async def _transcribed(self) -> bool:
+        """Wait for the transcription still running when the response was asked for; False when
+        the response was cancelled meanwhile."""
+        if self.after is not None and not self.after.done():
+            cancelled_wait = asyncio.ensure_future(self.turn.cancelled.wait())
+            try:
+                await asyncio.wait([self.after, cancelled_wait], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                cancelled_wait.cancel()
+        return not self.turn.cancelled.is_set()
 
     # --- the turn loop's sink (what SseWriter is for an upload's turn) -----------------------------
 
