@@ -172,9 +172,9 @@ class Utterance:
             elif isinstance(message, AsrFinal):
                 return message.text.strip(), None
             elif isinstance(message, StageError):
-                if message.producer in self.lost_from:  # late word from a worker it was taken from
+                if message.instance in self.lost_from:  # late word from a worker it was taken from
                     continue
-                if message.kind == "shutdown" and message.producer == self.worker:  # an operator's restart
+                if message.kind == "shutdown" and message.instance == self.worker:  # an operator's restart
                     self._lose()
                     continue
                 return "", ("stage_error", message.stage, f"The {message.stage.upper()} stage failed: {message.message}")
