@@ -25,7 +25,7 @@ from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
 from gateway.uploads import read_upload
-from proto import Envelope, StageBye, StageHeartbeat, StageHello, tag_of
+from proto import TAKES_REQUESTS, Envelope, StageBye, StageHeartbeat, StageHello, events, tag_of
 from services.personas import DEFAULT_PERSONA, PERSONAS
 
 log = logging.getLogger("s2s.gateway")
@@ -168,7 +168,7 @@ class Gateway:
     async def readyz(self, request: web.Request) -> web.Response:
         reasons = {}
         for stage, info in self.board.snapshot().items():
-            if info["state"] not in ("ready", "busy"):
+            if info["state"] not in TAKES_REQUESTS:
                 reasons[stage] = info["state"] + (f": {info['error']}" if info["error"] else "")
         if reasons:
             return web.json_response({"ready": False, "reasons": reasons}, status=503)
@@ -345,7 +345,7 @@ class Gateway:
             item = await self._next(turn, TICK_S)
             if turn.cancelled.is_set():
                 kind = "shutdown" if turn.cancel_reason == SHUTTING_DOWN else "cancelled"
-                await sse.send("error", {"message": turn.cancel_reason, "kind": kind})
+                await sse.send(*events.error(turn.cancel_reason, kind))
                 return False
             if gone():
                 return False

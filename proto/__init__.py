@@ -2,3 +2,4 @@
 
 from proto.messages import *  # noqa: F401,F403
 from proto.messages import PROTOCOL_VERSION, ProtocolError, decode, encode, tag_of  # noqa: F401
+from proto.states import *  # noqa: F401,F403

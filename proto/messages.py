@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import msgspec
 
+from proto.states import EndReason, ErrorKind, WorkerState
+
 PROTOCOL_VERSION = 1
+# The longest reply in tokens, unless a request or the LLM stage (S2S_LLM_MAX_NEW_TOKENS) says less.
+MAX_NEW_TOKENS = 220
 
 # How many raw payload frames follow the header, per tag. Anything else is malformed.
 _PAYLOAD_FRAMES = {"asr.request": 1, "asr.stream.audio": 1, "tts.audio": 1}
@@ -78,7 +82,7 @@ class AsrPartial(Envelope, tag="asr.partial"):
 class LlmRequest(Envelope, tag="llm.request"):
     persona: str
     history: list[ChatMessage]  # bounded history, the new user message last
-    max_new_tokens: int = 220
+    max_new_tokens: int = MAX_NEW_TOKENS
     instructions: str = ""  # replaces the persona's prompt when set (the realtime session's)
 
 
@@ -94,9 +98,7 @@ class LlmDone(Envelope, tag="llm.done"):
     tokens: int
     compute_s: float
     first_sentence_s: float  # -1 when no sentence was produced
-    # why the reply ended: end_of_text | sentence_limit | repetition | token_cap | cancel
-    # ("" from a stage that predates the field)
-    end_reason: str = ""
+    end_reason: EndReason = ""  # why the reply ended ("" from a stage that predates the field)
 
 
 class TtsRequest(Envelope, tag="tts.request"):
@@ -154,7 +156,7 @@ class StageReady(Envelope, tag="stage.ready"):
 
 class StageHeartbeat(Envelope, tag="stage.heartbeat"):
     stage: str
-    state: str  # loading | ready | busy | draining
+    state: WorkerState
     busy_ms: int  # how long the current item has run, 0 when idle
     queue_depth: int
     dropped_frames: int = 0
@@ -170,7 +172,7 @@ class StageError(Envelope, tag="stage.error"):
     """A failed request (session and turn set) or a stage-level failure (session empty)."""
 
     stage: str
-    kind: str  # failed | busy | bad_request | shutdown | load_failed
+    kind: ErrorKind
     message: str
 
 

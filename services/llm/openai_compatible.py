@@ -22,14 +22,29 @@ from pathlib import Path
 from typing import Callable, Generator, Iterator
 from urllib.parse import urlsplit
 
+from proto import MAX_NEW_TOKENS
+from services.models.settings import LLM_MODEL
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError
 from services.runtime.net import is_loopback_host
+from services.runtime.settings import Setting
 
 log = logging.getLogger("s2s.llm.remote")
 
 NAME = "openai-compatible"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+# This backend's settings, S2S_LLM_<KEY> (its model is S2S_LLM_MODEL, the name the server serves it under).
+BASE_URL = Setting("BASE_URL", str, DEFAULT_BASE_URL, "openai-compatible: the server's API root, ending in /v1")
+API_KEY_FILE = Setting("API_KEY_FILE", str, None, "openai-compatible: a file (mode 0600, like a CURVE secret key) "
+                       "holding the server's API key, sent as a bearer token; the key itself is never logged")
+TEMPERATURE = Setting("TEMPERATURE", float, 0.0, "openai-compatible: 0 = greedy, as the transformers backend "
+                      "decodes; above 0 the server samples")
+CONNECT_TIMEOUT_S = Setting("CONNECT_TIMEOUT_S", float, 5.0, "openai-compatible: seconds to connect")
+READ_TIMEOUT_S = Setting("READ_TIMEOUT_S", float, 60.0, "openai-compatible: the longest silence within a reply (its "
+                         "first piece included) before that turn ends with an error")
+SERVER_WAIT_S = Setting("SERVER_WAIT_S", float, 0.0, "openai-compatible: seconds the stage waits at start for a "
+                        "server that is down or still loading its model (503)")
+SETTINGS = (BASE_URL, API_KEY_FILE, TEMPERATURE, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, SERVER_WAIT_S)
 MAX_LINE = 1 << 20  # one SSE line (one chunk's JSON) longer than this is not a chat stream
 MAX_BODY = 1 << 20  # how much of a JSON answer (a model list, an error) is read
 
@@ -134,7 +149,7 @@ def sse_events(response) -> Iterator[tuple[str, str]]:
             event = value
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(Backend):
     """Chat completions streamed from an OpenAI-compatible server."""
 
     name = NAME
@@ -143,13 +158,14 @@ class OpenAICompatibleBackend:
 
     def __init__(
         self,
-        base_url: str = DEFAULT_BASE_URL,
-        model: str = DEFAULT_MODEL,
+        *,
+        model: str,
+        base_url: str = BASE_URL.default,
         api_key_file: str | None = None,
-        temperature: float = 0.0,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 60.0,
-        wait_s: float = 0.0,
+        temperature: float = TEMPERATURE.default,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S.default,
+        read_timeout_s: float = READ_TIMEOUT_S.default,
+        wait_s: float = SERVER_WAIT_S.default,
     ):
         # No I/O here: load() reaches the server and reads the key.
         self.scheme, self.host, self.port, self.path = parse_base_url(base_url)
@@ -248,7 +264,7 @@ class OpenAICompatibleBackend:
     def stream(
         self,
         messages: list[dict],
-        max_new_tokens: int = 220,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         should_stop: Callable[[], bool] = lambda: False,
         until: Callable[[str], bool] = lambda piece: False,
     ) -> Generator[str, None, str]:
@@ -344,18 +360,18 @@ def plan(settings, prepare: bool = True, log_line=None):
     server's, so nothing is resolved or downloaded here. No I/O: load() reaches the server."""
     from services.models.resolve import Plan
 
-    base_url = settings.get("BASE_URL", DEFAULT_BASE_URL)
-    model = settings.get("MODEL", DEFAULT_MODEL)
+    base_url = settings.value(BASE_URL)
+    model = settings.value(LLM_MODEL)
     options = dict(
-        base_url=base_url, model=model, api_key_file=settings.get("API_KEY_FILE"),
-        temperature=settings.get_float("TEMPERATURE", 0.0),
-        connect_timeout_s=settings.get_float("CONNECT_TIMEOUT_S", 5.0),
-        read_timeout_s=settings.get_float("READ_TIMEOUT_S", 60.0),
-        wait_s=settings.get_float("SERVER_WAIT_S", 0.0),
+        base_url=base_url, model=model, api_key_file=settings.value(API_KEY_FILE),
+        temperature=settings.value(TEMPERATURE),
+        connect_timeout_s=settings.value(CONNECT_TIMEOUT_S),
+        read_timeout_s=settings.value(READ_TIMEOUT_S),
+        wait_s=settings.value(SERVER_WAIT_S),
     )
-    for key in ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"):
-        if settings.get_float(key, 1.0) <= 0:
-            raise ConfigError(f"S2S_LLM_{key} must be more than 0")
+    for timeout in (CONNECT_TIMEOUT_S, READ_TIMEOUT_S):
+        if settings.value(timeout) <= 0:
+            raise ConfigError(f"S2S_LLM_{timeout.key} must be more than 0")
     if options["wait_s"] < 0 or options["temperature"] < 0:
         raise ConfigError("S2S_LLM_SERVER_WAIT_S and S2S_LLM_TEMPERATURE must not be negative")
     server = OpenAICompatibleBackend(**options)  # checks the URL; no I/O
