@@ -25,7 +25,7 @@ from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
 from gateway.uploads import read_upload
-from proto import TAKES_REQUESTS, Envelope, StageBye, StageHeartbeat, StageHello, events, tag_of
+from proto import TAKES_REQUESTS, Envelope, StageBye, StageHeartbeat, StageHello, events, stage_of
 from services.personas import DEFAULT_PERSONA, PERSONAS
 
 log = logging.getLogger("s2s.gateway")
@@ -111,9 +111,7 @@ class Gateway:
     # --- bus -----------------------------------------------------------------------------------
 
     def on_bus_message(self, message: Envelope, payload: list[bytes]) -> None:
-        # the stage that sent it: named in lifecycle messages and errors, else the tag's prefix
-        # (tts.audio -> tts)
-        stage = getattr(message, "stage", None) or tag_of(message).split(".", 1)[0]
+        stage = stage_of(message)  # the stage that sent it
         self.board.seen(stage, message.producer)
         self.board.update(message)
         # the worker's inbox, connected to once (a gateway that restarted after the hello learns it from a beat)

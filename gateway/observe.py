@@ -279,7 +279,7 @@ class GatewayObserver:
                  **({"index": message.index} if hasattr(message, "index") else {}))
 
     @never_raises
-    def event(self, trace: TurnTrace, event: str, data: dict, sent: bool) -> None:
+    def event(self, trace: TurnTrace, event: events.SseEvent, data: dict, sent: bool) -> None:
         now = time.monotonic()
         if event == events.TRANSCRIPT:
             log_turn(log, "transcript", trace.session, trace.turn, chars=len(data.get("text") or ""),

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
-from proto import (STAGE_STATES, TAKES_REQUESTS, Envelope, StageBye, StageError, StageHeartbeat, StageHello,
+from proto import (STAGE_MESSAGES, STAGE_STATES, TAKES_REQUESTS, Envelope, StageBye, StageError, StageHeartbeat, StageHello,
                    StageReady, StageState, WorkerState)
 from services.runtime.endpoints import STAGES
 
@@ -68,8 +68,10 @@ class StageBoard:
         self._choices = itertools.count(1)
 
     def update(self, message: Envelope) -> None:
-        stage = getattr(message, "stage", None)
-        status = self.stages.get(stage or "")
+        if not isinstance(message, STAGE_MESSAGES):
+            return
+        stage = message.stage
+        status = self.stages.get(stage)
         if status is None:
             return
         if message.producer in self.gone:

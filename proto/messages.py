@@ -186,6 +186,9 @@ Message = (
     | TurnCancel | StageHello | StageReady | StageHeartbeat | StageError | StageBye
 )
 
+# The stage lifecycle messages: each names its stage.
+STAGE_MESSAGES = (StageHello, StageReady, StageHeartbeat, StageError, StageBye)
+
 # What the ASR stage takes: a whole recording, or an utterance streamed as it is spoken.
 ASR_REQUESTS = (AsrRequest, AsrStreamStart, AsrStreamAudio, AsrStreamEnd)
 
@@ -222,3 +225,9 @@ def decode(frames: list[bytes]) -> tuple[Envelope, list[bytes]]:
 
 def tag_of(message: Envelope) -> str:
     return message.__struct_config__.tag
+
+
+def stage_of(message: Envelope) -> str:
+    """The stage a message is from or for: named in lifecycle messages, else its tag's prefix
+    (tts.audio -> tts)."""
+    return message.stage if isinstance(message, STAGE_MESSAGES) else tag_of(message).split(".", 1)[0]

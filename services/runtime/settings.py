@@ -102,20 +102,12 @@ class Settings:
         value = self._values.get(self.prefix + key)
         return default if value in (None, "") else value
 
-    def _typed(self, key: str, default, cast, what: str):
-        raw = self.get(key)
-        if raw is None:
-            return default
-        try:
-            return cast(raw)
-        except ValueError:
-            raise ConfigError(f"{self.prefix}{key} must be {what}, got {raw!r}") from None
+    def get_int(self, key: str, default: int | None) -> int | None:
+        """An undeclared integer setting (prefer a declared Setting and value())."""
+        return self.value(Setting(key, int, default, ""))
 
-    def get_int(self, key: str, default: int) -> int:
-        return self._typed(key, default, int, "an integer")
-
-    def get_float(self, key: str, default: float) -> float:
-        return self._typed(key, default, float, "a number")
+    def get_float(self, key: str, default: float | None) -> float | None:
+        return self.value(Setting(key, float, default, ""))
 
     def get_global(self, key: str, default: str | None = None) -> str | None:
         """A project-wide S2S_<KEY> setting (run dir, endpoints)."""
