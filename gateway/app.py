@@ -22,7 +22,7 @@ from gateway.settings import GatewaySettings
 from gateway.stages import StageBoard
 from gateway.turn import Emit, Finish, Send, TurnState
 from gateway.upload_desk import SHUTTING_DOWN, Upload, UploadDesk
-from proto import Envelope, StageBye, StageHeartbeat, StageHello, tag_of
+from proto import TAKES_REQUESTS, Envelope, StageBye, StageHeartbeat, StageHello, events, stage_of
 from services.personas import PERSONAS
 
 log = logging.getLogger("s2s.gateway")
@@ -71,9 +71,7 @@ class Gateway:
     # --- bus -----------------------------------------------------------------------------------
 
     def on_bus_message(self, message: Envelope, payload: list[bytes]) -> None:
-        # the stage that sent it: named in lifecycle messages and errors, else the tag's prefix
-        # (tts.audio -> tts)
-        stage = getattr(message, "stage", None) or tag_of(message).split(".", 1)[0]
+        stage = stage_of(message)  # the stage that sent it
         self.board.seen(stage, message.instance)
         self.board.update(message)
         # the worker's inbox, connected to once (a gateway that restarted after the hello learns it from a beat)
@@ -124,7 +122,7 @@ class Gateway:
     async def readyz(self, request: web.Request) -> web.Response:
         reasons = {}
         for stage, info in self.board.snapshot().items():
-            if info["state"] not in ("ready", "busy"):
+            if info["state"] not in TAKES_REQUESTS:
                 reasons[stage] = info["state"] + (f": {info['error']}" if info["error"] else "")
         if reasons:
             return web.json_response({"ready": False, "reasons": reasons}, status=503)
@@ -220,7 +218,7 @@ class Gateway:
             item = await self._next(turn, TICK_S)
             if turn.cancelled.is_set():
                 kind = "shutdown" if turn.cancel_reason == SHUTTING_DOWN else "cancelled"
-                await sse.send("error", {"message": turn.cancel_reason, "kind": kind})
+                await sse.send(*events.error(turn.cancel_reason, kind))
                 return False
             if gone():
                 return False

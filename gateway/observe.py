@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gateway.bus import Bus
 from gateway.stages import StageBoard
 from gateway.upload_desk import UploadDesk
-from proto import tag_of
+from proto import STAGE_STATES, events, tag_of
 from services.runtime.endpoints import STAGES
 from services.runtime.logs import log_turn, session_tag
 from services.runtime.observe import never_raises
@@ -68,7 +68,6 @@ log = logging.getLogger("s2s.gateway.turn")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
 BYTES_BUCKETS = (4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 AUDIO_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-STAGE_STATES = ("down", "loading", "ready", "busy", "stuck", "draining", "failed")
 # Routes whose 4xx/5xx answers count as errors, and the kind each status stands for.
 REQUEST_ROUTES = ("/upload", "/stream/{upload_id}")
 STATUS_KINDS = {429: "too_many", 503: "shutdown"}
@@ -149,7 +148,7 @@ class _BoardCollector:
     def collect(self):
         gateway = self.gateway
         live = GaugeMetricFamily("s2s_gateway_live_turns", "Turns streaming now")
-        live.add_metric([], len(getattr(gateway, "live", {})))
+        live.add_metric([], len(gateway.live))
         yield live
         pending = GaugeMetricFamily("s2s_gateway_pending_uploads", "Uploads decoded and not yet streamed")
         pending.add_metric([], len(gateway.desk.uploads))
@@ -175,15 +174,16 @@ class _BoardCollector:
             for name in (*STAGE_STATES, *([current] if current not in STAGE_STATES else [])):
                 state.add_metric([stage, name], 1.0 if name == current else 0.0)
         yield from (depth, busy, peers, state)
+        bus = gateway.bus
         for name, doc, value in (
                 ("s2s_gateway_bus_dropped_frames", "Malformed or unexpected frames the gateway dropped",
-                 getattr(getattr(gateway, "bus", None), "dropped_frames", 0)),
+                 bus.dropped_frames if bus else 0),
                 ("s2s_gateway_bus_errors", "Unexpected errors in the gateway's bus reader or watcher "
-                 "(each logged; reading goes on)", getattr(getattr(gateway, "bus", None), "reader_errors", 0)),
+                 "(each logged; reading goes on)", bus.reader_errors if bus else 0),
                 ("s2s_gateway_late_results", "Results for turns that had already ended (dropped)",
-                 getattr(gateway, "late_results", 0)),
+                 gateway.late_results),
                 ("s2s_gateway_resent_requests", "Requests sent again because the worker holding them was lost",
-                 getattr(gateway, "resent_requests", 0))):
+                 gateway.resent_requests)):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], float(value or 0))
             yield counter
@@ -279,12 +279,12 @@ class GatewayObserver:
                  **({"index": message.index} if hasattr(message, "index") else {}))
 
     @never_raises
-    def event(self, trace: TurnTrace, event: str, data: dict, sent: bool) -> None:
+    def event(self, trace: TurnTrace, event: events.SseEvent, data: dict, sent: bool) -> None:
         now = time.monotonic()
-        if event == "transcript":
+        if event == events.TRANSCRIPT:
             log_turn(log, "transcript", trace.session, trace.turn, chars=len(data.get("text") or ""),
                      asr_s=data.get("asr_time"))
-        elif event == "chunk" and sent:
+        elif event == events.CHUNK and sent:
             trace.chunks += 1
             if trace.first_chunk is None:
                 trace.first_chunk = now
@@ -292,17 +292,17 @@ class GatewayObserver:
                 self.ttfa.observe(ttfa)
                 self.upload_ttfa.observe(now - trace.uploaded)
                 log_turn(log, "first chunk sent", trace.session, trace.turn, ttfa_s=round(ttfa, 4))
-        elif event == "done":
+        elif event == events.DONE:
             trace.outcome = "done"
             timing = data.get("timing") or {}
-            for key, value in timing.items():
-                stage, _, measure = key.partition("_")
-                if stage in STAGES and isinstance(value, (int, float)) and value >= 0:
-                    self.stage_seconds.labels(stage, measure or "total").observe(value)
+            for key, (stage, measure) in events.STAGE_TIMINGS.items():
+                value = timing.get(key)
+                if isinstance(value, (int, float)) and value >= 0:
+                    self.stage_seconds.labels(stage, measure).observe(value)
             self.turn_seconds.observe(now - trace.started)
             log_turn(log, "done", trace.session, trace.turn, chunks=data.get("chunks"), timing=timing,
                      end_reason=data.get("end_reason"), total_s=round(now - trace.started, 4))
-        elif event == "error":
+        elif event == events.ERROR:
             stage = data.get("stage")
             kind = data.get("kind") or "error"  # named where the error is made (gateway/turn.py, app.py)
             trace.outcome, trace.stage = kind, stage or "gateway"
@@ -312,9 +312,9 @@ class GatewayObserver:
     @never_raises
     def turn_ended(self, sse, finished: bool) -> None:
         """The stream is over; finished: the answer completed (else the app cancels it on the workers holding it)."""
-        trace = getattr(sse, "trace", None)
-        if trace is None:
+        if not isinstance(sse, ObservedStream):  # the stream never opened
             return
+        trace = sse.trace
         if finished:
             self.turns_completed.inc()
             return

@@ -1,4 +1,6 @@
-"""Gateway settings from S2S_GATEWAY_* (environment over config/gateway.env)."""
+"""Gateway settings: S2S_GATEWAY_* from the environment (supervisord.conf's `environment=`, or the
+shell). The gateway is no stage and has no env file. Each setting is declared once, below, with
+its default and its doc (the README's settings table is written from them: scripts/settings_docs.py)."""
 
 from __future__ import annotations
 
@@ -9,38 +11,53 @@ from gateway.realtime.limits import RealtimeSettings
 from gateway.stages import DOWN_AFTER_S, STUCK_AFTER_S
 from services.runtime.endpoints import MAX_MESSAGE_BYTES
 from services.runtime.errors import ConfigError
-from services.runtime.settings import StageSettings
+from services.runtime.settings import Settings, read_dataclass, setting
+
+SCOPE = "gateway"
 
 
 @dataclass
 class GatewaySettings:
-    host: str = "127.0.0.1"
-    port: int = 7860
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_audio_s: float = 60.0
-    upload_ttl_s: float = 120.0  # uploads never streamed are dropped after this
-    # how long a turn waits for a stage that is loading, or restarting after its process went away
-    stage_wait_s: float = 90.0
-    stage_timeout_s: float = 60.0  # longest silence from the stage a turn is waiting on
-    queue_timeout_s: float = 300.0  # longest wait behind other turns' work on a busy stage
-    stuck_after_s: float = STUCK_AFTER_S  # a stage busy this long without any result is stuck
-    down_after_s: float = DOWN_AFTER_S  # a worker silent this long (no heartbeat) is down: hung
-    max_turns_per_client: int = 16  # turns at once from one address (uploading, waiting, streaming)
-    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)  # /v1/realtime's limits
-    # Host names the gateway answers to besides localhost and the address a connection came in on
-    # (a reverse proxy's public name): any other Host header is refused (DNS rebinding).
-    allowed_hosts: tuple[str, ...] = ()
+    host: str = setting("127.0.0.1", "bind address; anything but loopback logs a warning")
+    port: int = setting(7860, "HTTP port")
+    max_upload_bytes: int = setting(10 * 1024 * 1024, "larger uploads get 413")
+    max_audio_s: float = setting(60.0, "longer recordings get 413 (at most 1046: a recording goes to the ASR in one "
+                                 "bus message of at most 32 MiB)")
+    upload_ttl_s: float = setting(120.0, "uploads never streamed are dropped")
+    stage_wait_s: float = setting(90.0, "how long a turn waits for a stage that is loading, or restarting after its "
+                                  "process went away (then its lost requests are sent again, once)")
+    stage_timeout_s: float = setting(60.0, "longest silence from the stage a turn waits on, unless that stage is "
+                                     "still answering other turns")
+    queue_timeout_s: float = setting(300.0, "longest wait behind other turns on a busy stage")
+    stuck_after_s: float = setting(STUCK_AFTER_S, "a stage busy this long without any result is `stuck`: its turns "
+                                   "end with an error, `/readyz` says so")
+    down_after_s: float = setting(DOWN_AFTER_S, "a worker silent this long (three missed heartbeats) while its "
+                                  "process is still there is `down` (hung): the turns waiting on it end with an "
+                                  "error, or go to another worker of its stage")
+    max_turns_per_client: int = setting(16, "turns at once from one address (decoding, waiting to stream, "
+                                        "streaming); more get 429")
+    allowed_hosts: tuple[str, ...] = setting((), "comma-separated host names the gateway answers to besides "
+                                             "localhost, loopback addresses, the address a connection came in on "
+                                             "and `S2S_GATEWAY_HOST` (a reverse proxy's public name); any other "
+                                             "Host gets 403 (DNS rebinding)", items=str.lower)
     # Gateway-wide caps, whichever addresses the requests come from:
-    max_uploads_in_flight: int = 32  # bodies being read or decoded (more: 503)
-    max_pending_uploads: int = 256  # decoded and not yet streamed (more: 503)
-    max_decodes: int = 2  # ffmpeg processes at once; the others wait their turn
-    body_timeout_s: float = 30.0  # an upload body that takes longer to arrive gets 408
-    decode_timeout_s: float = 20.0  # wall-clock limit of one decode
-    decode_cpu_s: int = 10  # CPU seconds one ffmpeg may use (RLIMIT_CPU)
-    decode_memory_mb: int = 768  # address space one ffmpeg may map (RLIMIT_AS; it maps ~300 MB of libraries)
-    sse_write_timeout_s: float = 10.0  # a stream whose client stops reading for this long is closed
-    max_conversations: int = 10000  # stored conversations (least recently used go first)
-    max_conversations_per_client: int = 64  # stored conversations created from one address
+    max_uploads_in_flight: int = setting(32, "upload bodies being read or decoded, all clients together; more get "
+                                         "503 with `Retry-After`")
+    max_pending_uploads: int = setting(256, "uploads decoded and not yet streamed, all clients together; more get "
+                                       "503")
+    max_decodes: int = setting(2, "ffmpeg processes at once; other decodes wait their turn")
+    body_timeout_s: float = setting(30.0, "an upload body that takes longer to arrive gets 408 and its connection "
+                                    "is closed")
+    decode_timeout_s: float = setting(20.0, "wall-clock limit of one decode")
+    decode_cpu_s: int = setting(10, "CPU seconds one ffmpeg may use (RLIMIT_CPU)")
+    decode_memory_mb: int = setting(768, "address space one ffmpeg may map (RLIMIT_AS; its libraries alone map "
+                                    "about 300 MB)")
+    sse_write_timeout_s: float = setting(10.0, "a stream whose client stops reading for this long is closed and "
+                                         "its turn released")
+    max_conversations: int = setting(10000, "conversations kept (the least recently used go first)")
+    max_conversations_per_client: int = setting(64, "conversations one address may hold; past it, that address's "
+                                                "own least recently used go")
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)  # /v1/realtime's limits
 
     # caps that must let at least one through (0 would refuse, or hang, every upload)
     AT_LEAST_ONE = ("max_turns_per_client", "max_uploads_in_flight", "max_pending_uploads", "max_decodes",
@@ -59,30 +76,5 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
-        s = StageSettings.load("gateway")
-        d = cls()
-        return cls(
-            host=s.get("HOST", d.host),
-            port=s.get_int("PORT", d.port),
-            max_upload_bytes=s.get_int("MAX_UPLOAD_BYTES", d.max_upload_bytes),
-            max_audio_s=s.get_float("MAX_AUDIO_S", d.max_audio_s),
-            upload_ttl_s=s.get_float("UPLOAD_TTL_S", d.upload_ttl_s),
-            stage_wait_s=s.get_float("STAGE_WAIT_S", d.stage_wait_s),
-            stage_timeout_s=s.get_float("STAGE_TIMEOUT_S", d.stage_timeout_s),
-            queue_timeout_s=s.get_float("QUEUE_TIMEOUT_S", d.queue_timeout_s),
-            stuck_after_s=s.get_float("STUCK_AFTER_S", d.stuck_after_s),
-            down_after_s=s.get_float("DOWN_AFTER_S", d.down_after_s),
-            max_turns_per_client=s.get_int("MAX_TURNS_PER_CLIENT", d.max_turns_per_client),
-            allowed_hosts=tuple(h.strip().lower() for h in (s.get("ALLOWED_HOSTS") or "").split(",") if h.strip()),
-            max_uploads_in_flight=s.get_int("MAX_UPLOADS_IN_FLIGHT", d.max_uploads_in_flight),
-            max_pending_uploads=s.get_int("MAX_PENDING_UPLOADS", d.max_pending_uploads),
-            max_decodes=s.get_int("MAX_DECODES", d.max_decodes),
-            body_timeout_s=s.get_float("BODY_TIMEOUT_S", d.body_timeout_s),
-            decode_timeout_s=s.get_float("DECODE_TIMEOUT_S", d.decode_timeout_s),
-            decode_cpu_s=s.get_int("DECODE_CPU_S", d.decode_cpu_s),
-            decode_memory_mb=s.get_int("DECODE_MEMORY_MB", d.decode_memory_mb),
-            sse_write_timeout_s=s.get_float("SSE_WRITE_TIMEOUT_S", d.sse_write_timeout_s),
-            max_conversations=s.get_int("MAX_CONVERSATIONS", d.max_conversations),
-            max_conversations_per_client=s.get_int("MAX_CONVERSATIONS_PER_CLIENT", d.max_conversations_per_client),
-            realtime=RealtimeSettings.from_env(s),
-        )
+        s = Settings.from_environment(SCOPE)
+        return read_dataclass(cls, s, realtime=RealtimeSettings.from_env(s))

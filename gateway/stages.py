@@ -13,20 +13,19 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
-from proto import Envelope, StageBye, StageError, StageHeartbeat, StageHello, StageReady
+from proto import (STAGE_MESSAGES, STAGE_STATES, TAKES_REQUESTS, Envelope, StageBye, StageError, StageHeartbeat, StageHello,
+                   StageReady, StageState, WorkerState)
 from services.runtime.endpoints import STAGES
 
 DOWN_AFTER_S = 3.0  # three missed one-second heartbeats
 STUCK_AFTER_S = 120.0  # busy this long without a result for any turn (a long sentence on one loaded core takes over 30 s)
-# a stage's state from its workers': the first that any worker is in wins
-STAGE_STATE_ORDER = ("ready", "busy", "loading", "draining", "stuck", "failed", "down")
 
 
 @dataclass
 class WorkerStatus:
     instance: str
     pid: int = 0
-    state: str = "loading"  # loading | ready | busy | draining | failed (down and stuck are computed)
+    state: WorkerState | StageState = "loading"  # as it last said, or failed (down and stuck are computed)
     queue_depth: int = 0
     busy_ms: int = 0
     last_seen: float = 0.0  # monotonic
@@ -44,7 +43,7 @@ class WorkerStatus:
 
 @dataclass
 class StageStatus:
-    state: str = "down"  # the last lifecycle news for the stage: loading | ready | failed | down
+    state: WorkerState | StageState = "down"  # the last lifecycle news for the stage
     backend: str = ""
     model: str = ""
     device: str = ""
@@ -69,8 +68,10 @@ class StageBoard:
         self._choices = itertools.count(1)
 
     def update(self, message: Envelope) -> None:
-        stage = getattr(message, "stage", None)
-        status = self.stages.get(stage or "")
+        if not isinstance(message, STAGE_MESSAGES):
+            return
+        stage = message.stage
+        status = self.stages.get(stage)
         if status is None:
             return
         if message.instance in self.gone:
@@ -141,7 +142,7 @@ class StageBoard:
 
     def ready_instances(self, stage: str) -> set[str]:
         """The workers that take requests now."""
-        return {i for i in self.stages[stage].workers if self.worker_state(stage, i) in ("ready", "busy")}
+        return {i for i in self.stages[stage].workers if self.worker_state(stage, i) in TAKES_REQUESTS}
 
     def pick(self, stage: str) -> str | None:
         """The ready worker of the stage with the shortest queue (WorkerStatus.load); on a tie the
@@ -171,10 +172,10 @@ class StageBoard:
         """The stage produced a result for some turn within the last within_s seconds: a request
         that waits longer is queued behind other turns' work, not lost."""
         status = self.stages.get(stage)
-        return (status is not None and self.state(stage) in ("ready", "busy")
+        return (status is not None and self.state(stage) in TAKES_REQUESTS
                 and self.clock() - status.last_result <= within_s)
 
-    def worker_state(self, stage: str, instance: str) -> str:
+    def worker_state(self, stage: str, instance: str) -> WorkerState | StageState:
         worker = self.stages[stage].workers.get(instance)
         if worker is None:
             return "down"
@@ -186,15 +187,15 @@ class StageBoard:
             return "stuck"
         return worker.state
 
-    def state(self, stage: str) -> str:
+    def state(self, stage: str) -> StageState:
         status = self.stages[stage]
         states = {self.worker_state(stage, i) for i in status.workers}
         if status.state == "failed" and not states & {"ready", "busy", "loading"}:
             return "failed"  # kept over the bye, the closed connection and the missed beats
-        return next((s for s in STAGE_STATE_ORDER if s in states), "down")
+        return next((s for s in STAGE_STATES if s in states), "down")  # the first, in precedence order
 
     def is_ready(self, stage: str) -> bool:
-        return self.state(stage) in ("ready", "busy")
+        return self.state(stage) in TAKES_REQUESTS
 
     def has_workers(self, stage: str) -> bool:
         """Some worker of the stage is still there (connected, not said bye), whatever its state."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from proto import (AsrFinal, AsrRequest, ChatMessage, Envelope, LlmDone, LlmRequest, LlmSentence, StageError,
-                   TtsAudio, TtsDone, TtsRequest)
+from proto import (MAX_NEW_TOKENS, AsrFinal, AsrRequest, ChatMessage, Envelope, LlmDone, LlmRequest, LlmSentence,
+                   StageError, TtsAudio, TtsDone, TtsRequest)
+from proto import events
+from proto.events import SseEvent, TurnErrorKind
 from services.runtime.audio import wav_bytes
 
 
@@ -24,7 +26,7 @@ class Send:
 
 @dataclass
 class Emit:
-    event: str  # transcript | chunk | done | error
+    event: SseEvent
     data: dict
 
 
@@ -50,7 +52,7 @@ class _Sentence:
 
 class TurnState:
     def __init__(self, session: str, turn: int, persona: str, voice: str, history: list[ChatMessage],
-                 clock, max_new_tokens: int = 220, instructions: str = "", wav_chunks: bool = True):
+                 clock, max_new_tokens: int = MAX_NEW_TOKENS, instructions: str = "", wav_chunks: bool = True):
         self.session, self.turn = session, turn
         self.persona, self.voice = persona, voice
         self.instructions = instructions  # "" : the persona's own prompt
@@ -66,7 +68,7 @@ class TurnState:
         self.next_sentence = 0  # first sentence not fully released
         self.chunks = 0
         self.llm_done: LlmDone | None = None
-        self.timing: dict[str, float] = {}
+        self.timing: dict[events.StageTiming | events.TurnTiming, float] = {}
         self.ended = False
         # kept until the turn ends, to send again if the stage that holds it is restarted
         self.pcm = b""
@@ -92,13 +94,10 @@ class TurnState:
         self.ended = True
         self.pcm, self.llm_request = b"", None  # nothing will be sent again
 
-    def _end_error(self, message: str, stage: str | None, kind: str) -> list[Action]:
-        """kind: timeout | unavailable | stage_error | no_speech (metrics and clients count by it)."""
+    def _end_error(self, message: str, stage: str | None, kind: TurnErrorKind) -> list[Action]:
+        """kind: metrics and clients count by it."""
         self._end()
-        data = {"message": message, "kind": kind}
-        if stage:
-            data["stage"] = stage
-        return [Emit("error", data), Finish(ok=False)]
+        return [Emit(*events.error(message, kind, stage)), Finish(ok=False)]
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -163,7 +162,7 @@ class TurnState:
     def _on_transcript(self, message: AsrFinal) -> list[Action]:
         self.user_text = message.text.strip()
         self.timing["asr"] = message.compute_s
-        actions: list[Action] = [Emit("transcript", {"text": self.user_text, "asr_time": message.compute_s})]
+        actions: list[Action] = [Emit(*events.transcript(self.user_text, message.compute_s))]
         if not self.user_text:
             return actions + self._end_error("No speech was recognized. Please try again.", "asr", "no_speech")
         self.phase = "llm"
@@ -224,21 +223,19 @@ class TurnState:
         if self.chunks == 0:
             self.timing["tts_first_chunk"] = part.compute_s
             self.timing["first_audio"] = round(self.clock() - self.started, 4)
-        data = {"index": self.chunks, "text": sentence.text if part.part == 0 else ""}
         if self.wav_chunks:
-            data["b64"] = base64.b64encode(wav_bytes(pcm, part.sample_rate)).decode("ascii")
+            audio = {"b64": base64.b64encode(wav_bytes(pcm, part.sample_rate)).decode("ascii")}
         else:
-            data.update(pcm=pcm, sample_rate=part.sample_rate)
+            audio = {"pcm": pcm, "sample_rate": part.sample_rate}
         self.chunks += 1
-        return Emit("chunk", data)
+        return Emit(*events.chunk(self.chunks - 1, sentence.text if part.part == 0 else "", **audio))
 
     def _finish(self) -> list[Action]:
         self._end()
         reply = self.llm_done.full_text if self.llm_done else ""
         self.timing["total"] = round(self.clock() - self.started, 4)
-        # the voice the reply was spoken in, as the TTS stage was asked for it
-        done = {"full_text": reply, "chunks": self.chunks, "timing": dict(self.timing),
-                "persona": self.persona, "voice": self.voice,
-                # why the reply ended, as the LLM stage said (end_of_text, sentence_limit, ...)
-                "end_reason": self.llm_done.end_reason if self.llm_done else ""}
-        return [Emit("done", done), Finish(ok=True, user_text=self.user_text, reply_text=reply)]
+        # the voice the reply was spoken in, as the TTS stage was asked for it; why the reply
+        # ended, as the LLM stage said
+        done = events.done(reply, self.chunks, dict(self.timing), self.persona, self.voice,
+                           self.llm_done.end_reason if self.llm_done else "")
+        return [Emit(*done), Finish(ok=True, user_text=self.user_text, reply_text=reply)]

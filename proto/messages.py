@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import msgspec
 
+from proto.states import EndReason, ErrorKind, WorkerState
+
 PROTOCOL_VERSION = 1
+# The longest reply in tokens, unless a request or the LLM stage (S2S_LLM_MAX_NEW_TOKENS) says less.
+MAX_NEW_TOKENS = 220
 
 # How many raw payload frames follow the header, per tag. Anything else is malformed.
 _PAYLOAD_FRAMES = {"asr.request": 1, "asr.stream.audio": 1, "tts.audio": 1}
@@ -80,7 +84,7 @@ class AsrPartial(Envelope, tag="asr.partial"):
 class LlmRequest(Envelope, tag="llm.request"):
     persona: str
     history: list[ChatMessage]  # bounded history, the new user message last
-    max_new_tokens: int = 220
+    max_new_tokens: int = MAX_NEW_TOKENS
     instructions: str = ""  # replaces the persona's prompt when set (the realtime session's)
 
 
@@ -96,9 +100,7 @@ class LlmDone(Envelope, tag="llm.done"):
     tokens: int
     compute_s: float
     first_sentence_s: float  # -1 when no sentence was produced
-    # why the reply ended: end_of_text | sentence_limit | repetition | token_cap | cancel
-    # ("" from a stage that predates the field)
-    end_reason: str = ""
+    end_reason: EndReason = ""  # why the reply ended ("" from a stage that predates the field)
 
 
 class TtsRequest(Envelope, tag="tts.request"):
@@ -156,7 +158,7 @@ class StageReady(Envelope, tag="stage.ready"):
 
 class StageHeartbeat(Envelope, tag="stage.heartbeat"):
     stage: str
-    state: str  # loading | ready | busy | draining
+    state: WorkerState
     busy_ms: int  # how long the current item has run, 0 when idle
     queue_depth: int
     dropped_frames: int = 0
@@ -172,7 +174,7 @@ class StageError(Envelope, tag="stage.error"):
     """A failed request (session and turn set) or a stage-level failure (session empty)."""
 
     stage: str
-    kind: str  # failed | busy | bad_request | shutdown | load_failed
+    kind: ErrorKind
     message: str
 
 
@@ -185,6 +187,9 @@ Message = (
     AsrRequest | AsrFinal | AsrStreamStart | AsrStreamAudio | AsrStreamEnd | AsrPartial | LlmRequest | LlmSentence | LlmDone | TtsRequest | TtsAudio | TtsDone
     | TurnCancel | StageHello | StageReady | StageHeartbeat | StageError | StageBye
 )
+
+# The stage lifecycle messages: each names its stage.
+STAGE_MESSAGES = (StageHello, StageReady, StageHeartbeat, StageError, StageBye)
 
 # What the ASR stage takes: a whole recording, or an utterance streamed as it is spoken.
 ASR_REQUESTS = (AsrRequest, AsrStreamStart, AsrStreamAudio, AsrStreamEnd)
@@ -222,3 +227,9 @@ def decode(frames: list[bytes]) -> tuple[Envelope, list[bytes]]:
 
 def tag_of(message: Envelope) -> str:
     return message.__struct_config__.tag
+
+
+def stage_of(message: Envelope) -> str:
+    """The stage a message is from or for: named in lifecycle messages, else its tag's prefix
+    (tts.audio -> tts)."""
+    return message.stage if isinstance(message, STAGE_MESSAGES) else tag_of(message).split(".", 1)[0]

@@ -69,6 +69,8 @@ def typed(annotation, finite: bool):
         return floats(finite)
     if annotation is str:
         return st.text(max_size=24)
+    if typing.get_origin(annotation) is typing.Literal:  # a closed vocabulary (proto/states.py)
+        return st.sampled_from(typing.get_args(annotation)) | st.text(max_size=24)  # and words outside it
     if annotation == list[ChatMessage]:
         return chat_messages(st.text(max_size=10) | st.sampled_from(["user", "assistant", "system"]))
     raise AssertionError(f"no strategy for a {annotation!r} field: teach typed() the new field type")
@@ -334,10 +336,22 @@ async def test_the_gateway_drops_malformed_frames_and_keeps_serving(make_client,
             ctx.term()
         return dropped
 
+    async def taking_requests() -> dict[str, set[str]]:  # stage -> the workers that look ready or busy
+        board = (await (await client.get("/api/stages")).json())["stages"]
+        return {stage: {w["instance"] for w in info["workers"] if w["state"] in ("ready", "busy")}
+                for stage, info in board.items()}
+
+    scripted = await taking_requests()
     # On a thread: the event loop goes on serving HTTP and reading the bus meanwhile.
     dropped = await asyncio.to_thread(fuzz)
     assert dropped > 0
     await wait_ready(client)  # the scripted stages' next heartbeats undo any state the fuzz claimed
+    # A well-formed heartbeat from a stranger (a declared state, "ready" among them) lists a worker
+    # with no inbox until its beats are missed: the turn below must meet only the scripted ones.
+    deadline = time.monotonic() + 30
+    while await taking_requests() != scripted:
+        assert time.monotonic() < deadline, await taking_requests()
+        await asyncio.sleep(0.1)
     _, events = await turn(client)
     assert [name for name, _ in events] == ["transcript", "chunk", "chunk", "done"]
     assert (await (await client.get("/healthz")).json()) == {"status": "ok"}

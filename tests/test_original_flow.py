@@ -17,7 +17,8 @@ from tools.original_flow.app import create_app
 from tools.original_flow.pipeline import OriginalPipeline, original_settings
 from services.runtime.settings import StageSettings
 from services.tts.stage import TtsStage
-from tests.audio import spoken_wav
+from tests.audio import spoken_wav, tone_wav
+from tests.sse import parse_sse
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,6 +62,7 @@ def test_a_turn_is_transcript_then_chunks_in_order_then_done():
     assert events[1][1]["text"] == "Light scatters in the air." and events[1][1]["b64"].startswith("UklGR")  # RIFF
     done = events[-1][1]
     assert done["chunks"] == 2 and done["full_text"].startswith("Light scatters")
+    assert (done["persona"], done["voice"]) == ("wildlife_expert", "af_heart")
     timing = done["timing"]
     assert (timing["asr"], timing["llm"], timing["llm_first_sentence"]) == (0.5, 0.9, 0.3)
     assert timing["tts"] == pytest.approx(0.4) and timing["tts_first_chunk"] == 0.2
@@ -70,8 +72,32 @@ def test_a_turn_is_transcript_then_chunks_in_order_then_done():
 def test_no_speech_is_an_error_event():
     pipeline, (_, llm, _) = scripted_pipeline(transcript="  ")
     events = list(pipeline.run(b"\x00\x00" * 1600, "wildlife_expert", []))
-    assert [e for e, _ in events] == ["transcript", "error"] and events[1][1]["stage"] == "asr"
+    assert [e for e, _ in events] == ["transcript", "error"]
+    assert events[1][1] == {"message": "No speech was recognized. Please try again.", "kind": "no_speech",
+                            "stage": "asr"}  # as the gateway says it (proto/events.py)
     assert llm.calls == []
+
+
+async def test_a_turn_that_fails_in_a_stage_ends_with_an_error_event_of_a_declared_kind():
+    def explode(request):
+        raise RuntimeError("the model exploded")
+        yield  # a generator, like every stage's handle()
+
+    pipeline, (asr, _, tts) = scripted_pipeline()
+    pipeline.llm = ScriptedStage(explode)
+    server = TestServer(create_app(pipeline), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with new_user_session(30) as session:
+            async with session.post(server.make_url("/upload?persona=wildlife_expert"), data=tone_wav(0.5),
+                                    headers={"Content-Type": "audio/wav"}) as resp:
+                session_id = (await resp.json())["session_id"]
+            async with session.get(server.make_url(f"/stream/{session_id}")) as resp:
+                events = parse_sse(await resp.text())
+    finally:
+        await server.close()
+    assert [e for e, _ in events] == ["transcript", "error"]
+    assert events[1][1] == {"message": "The turn failed: the model exploded", "kind": "stage_error"}
 
 
 def test_one_global_lock_runs_one_turn_at_a_time():

@@ -153,3 +153,20 @@ def test_random_headers_never_raise_anything_else(header):
 
 def test_package_exports():
     assert proto.decode is decode and proto.PROTOCOL_VERSION == PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize("field, value", [("state", "sleeping"), ("kind", "oops"), ("end_reason", "bored")])
+def test_a_value_outside_its_declared_vocabulary_is_malformed(field, value):
+    message = {"state": StageHeartbeat(stage="llm", state="ready", busy_ms=0, queue_depth=0),
+               "kind": StageError(stage="tts", kind="failed", message="boom"),
+               "end_reason": LlmDone(full_text="", sentences=0, tokens=0, compute_s=0.0, first_sentence_s=-1.0,
+                                     end_reason="cancel")}[field]
+    header = msgspec.msgpack.decode(encode(message)[0])
+    assert decode(encode(message))[0] == message  # every declared value passes
+    with pytest.raises(ProtocolError, match=field):
+        decode([msgspec.msgpack.encode({**header, field: value})])
+
+
+def test_stage_of_names_the_stage_a_message_is_from():
+    assert proto.stage_of(TtsDone(index=0, parts=1, compute_s=0.0, audio_s=0.0)) == "tts"
+    assert proto.stage_of(StageHeartbeat(stage="llm", state="busy", busy_ms=5, queue_depth=0)) == "llm"

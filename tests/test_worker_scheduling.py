@@ -9,11 +9,11 @@ import time
 import proto
 from proto import TtsRequest
 from services.runtime.settings import StageSettings
-from services.runtime.worker import Worker
+from services.runtime.worker import StageDefaults, Worker
 from services.tts.stage import TtsStage
 
 
-class SleepyStage:
+class SleepyStage(StageDefaults):
     """Handles each request by sleeping, recording when; parallel_ok as given."""
 
     name = "tts"

@@ -25,7 +25,7 @@ from gateway.realtime.session import SessionConfig
 from gateway.listening import Resampler24kTo16k, SpeechStarted, SpeechStopped, resample_24k_to_16k
 from gateway.realtime.transcription import Utterance
 from gateway.turn import TurnState
-from proto import ChatMessage
+from proto import ChatMessage, events
 from services.personas import HISTORY_MESSAGES, PERSONAS
 
 log = logging.getLogger("s2s.gateway.realtime")
@@ -564,9 +564,9 @@ class Response:
 
     # --- the turn loop's sink (what SseWriter is for an upload's turn) -----------------------------
 
-    async def send(self, event: str, data: dict) -> bool:
+    async def send(self, event: events.SseEvent, data: dict) -> bool:
         c = self.connection
-        if event == "chunk":
+        if event == events.CHUNK:
             if data["text"]:
                 await c.send({"type": "response.output_audio_transcript.delta", **self._ids(), "delta":
                               (" " if self.item.text else "") + data["text"]})
@@ -580,9 +580,9 @@ class Response:
             self.item.pieces.append((audio_ms(self.audio_bytes), piece_text))
             return await c.send({"type": "response.output_audio.delta", **self._ids(),
                                  "delta": base64.b64encode(pcm).decode("ascii")})
-        if event == "done":
+        if event == events.DONE:
             self.outcome = {"type": "completed"}
-        elif event == "error":
+        elif event == events.ERROR:
             if data.get("kind") == "cancelled":
                 self.outcome = cancelled(self.reason or "client_cancelled")
             else:

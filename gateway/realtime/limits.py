@@ -3,35 +3,33 @@ gateway/guard.py's check."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.guard import normal_origin
-from services.runtime.settings import StageSettings
+from services.runtime.settings import Settings, read_dataclass, setting
+
+KEY_PREFIX = "REALTIME_"
 
 
 @dataclass
 class RealtimeSettings:
-    max_message_bytes: int = 1024 * 1024  # one client event; larger ones get an error event
+    """S2S_GATEWAY_REALTIME_<field>, each declared once here."""
+
+    max_message_bytes: int = setting(1024 * 1024, "largest `/v1/realtime` client event; larger ones get an "
+                                     "`error` event (16 times this closes the socket)")
     # a message this large is refused by aiohttp itself, which closes the socket (1009): the bound
-    # on what the gateway reads into memory at all
+    # on what the gateway reads into memory at all (16 times max_message_bytes, at least this)
     hard_message_bytes: int = 16 * 1024 * 1024
-    max_buffer_s: float = 60.0  # audio buffered and not yet committed (and one utterance's length)
-    max_sessions_per_client: int = 4  # sockets at once from one address
-    idle_timeout_s: float = 300.0  # no client event and nothing in progress: the socket is closed
-    # browser origins allowed besides the page's own (comma-separated); no Origin header: allowed
-    allowed_origins: tuple[str, ...] = ()
+    max_buffer_s: float = setting(60.0, "input audio a realtime session may buffer before a commit")
+    max_sessions_per_client: int = setting(4, "realtime sockets at once from one address")
+    idle_timeout_s: float = setting(300.0, "a realtime socket with no client event and nothing in progress for this "
+                                    "long is closed")
+    allowed_origins: tuple[str, ...] = setting((), "browser origins allowed to open `/v1/realtime` besides the "
+                                               "page's own (comma-separated); clients without an `Origin` header "
+                                               "are always allowed", items=normal_origin)
 
     @classmethod
-    def from_env(cls, s: StageSettings | None = None) -> "RealtimeSettings":
-        s = s or StageSettings.load("gateway")
-        d = cls()
-        origins = tuple(normal_origin(o) for o in s.get("REALTIME_ALLOWED_ORIGINS", "").split(",") if o.strip())
-        return cls(
-            max_message_bytes=s.get_int("REALTIME_MAX_MESSAGE_BYTES", d.max_message_bytes),
-            hard_message_bytes=max(s.get_int("REALTIME_MAX_MESSAGE_BYTES", d.max_message_bytes) * 16,
-                                   d.hard_message_bytes),
-            max_buffer_s=s.get_float("REALTIME_MAX_BUFFER_S", d.max_buffer_s),
-            max_sessions_per_client=s.get_int("REALTIME_MAX_SESSIONS_PER_CLIENT", d.max_sessions_per_client),
-            idle_timeout_s=s.get_float("REALTIME_IDLE_TIMEOUT_S", d.idle_timeout_s),
-            allowed_origins=origins,
-        )
+    def from_env(cls, s: Settings | None = None) -> "RealtimeSettings":
+        s = s or Settings.from_environment("gateway")
+        read = read_dataclass(cls, s, KEY_PREFIX)
+        return replace(read, hard_message_bytes=max(read.max_message_bytes * 16, cls.hard_message_bytes))

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from gateway.listening import parse_turn_detection
 from gateway.realtime.protocol import PCM_FORMAT, ClientError
+from proto import MAX_NEW_TOKENS
 from services.personas import DEFAULT_PERSONA, PERSONAS, VOICES
 
-MAX_OUTPUT_TOKENS = 220  # the LLM stage's own cap on a reply (S2S_LLM_MAX_NEW_TOKENS default)
+MAX_OUTPUT_TOKENS = MAX_NEW_TOKENS  # the LLM stage's own cap on a reply (S2S_LLM_MAX_NEW_TOKENS default)
 
 
 @dataclass

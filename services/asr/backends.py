@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from services.runtime.devices import resolve_device
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError
 
 
-class _WhisperBackend:
+class _WhisperBackend(Backend):
     """What both Whisper runtimes share: cheap construction, and the clip handed to the model."""
 
     name = ""

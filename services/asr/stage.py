@@ -17,10 +17,22 @@ from services.asr.streams import Streams
 from services.runtime.audio import float_to_pcm16, pcm16_to_float
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_asr
+from services.models.settings import ASR_BACKEND, ASR_DEVICE, ASR_LANGUAGE, ASR_MODEL
+from services.runtime.settings import EnvLine
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, StopCheck
+from services.runtime.worker import THREADS, Output, StopCheck
 
 SAMPLE_RATE = 16000
+
+# config/asr.env, as it ships (scripts/settings_docs.py writes it from this)
+ENV_FILE = (
+    EnvLine(ASR_BACKEND, "faster-whisper", note="faster-whisper (CTranslate2, int8 on CPU) transcribes the same "
+            "words as openai-whisper about 0.3 s sooner per question on a 2-core CPU (docs/BENCHMARKS.md)."),
+    EnvLine(ASR_MODEL),
+    EnvLine(ASR_DEVICE),
+    EnvLine(ASR_LANGUAGE, "en"),
+    EnvLine(THREADS, "0", note="The ASR is first on the path to the first audio: it gets them all."),
+)
 
 
 class AsrStage(BackendStage):
@@ -31,7 +43,7 @@ class AsrStage(BackendStage):
         "openai-whisper": "services.asr.backends:OpenAIWhisperBackend",
         "faster-whisper": "services.asr.backends:FasterWhisperBackend",
     }
-    DEFAULT_BACKEND = "openai-whisper"
+    backend_setting, device_setting = ASR_BACKEND, ASR_DEVICE
     planner = staticmethod(plan_asr)
 
     def __init__(self, settings):

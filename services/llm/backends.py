@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from typing import Callable, Generator
 
+from proto import MAX_NEW_TOKENS
 from services.runtime.devices import resolve_device, resolve_dtype
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """Hugging Face transformers causal LM (hub id or local dir; optional GGUF file inside it)."""
 
     name = "transformers"
@@ -19,7 +21,7 @@ class TransformersBackend:
 
     def __init__(
         self,
-        model: str = "Qwen/Qwen2.5-1.5B-Instruct",
+        model: str,
         device: str = "auto",
         dtype: str = "auto",
         gguf_file: str | None = None,
@@ -125,7 +127,7 @@ class TransformersBackend:
     def stream(
         self,
         messages: list[dict],
-        max_new_tokens: int = 220,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         should_stop: Callable[[], bool] = lambda: False,
         until: Callable[[str], bool] = lambda piece: False,
     ) -> Generator[str, None, str]:

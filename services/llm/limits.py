@@ -17,11 +17,12 @@ import re
 from difflib import SequenceMatcher
 from typing import Iterable, Iterator
 
-# Why a reply ended: the llm.done field end_reason, the `done` event's, the logs' and the load
-# tester's counts.
-END_OF_TEXT, SENTENCE_LIMIT, REPETITION, TOKEN_CAP, CANCEL = (
-    "end_of_text", "sentence_limit", "repetition", "token_cap", "cancel")
-END_REASONS = (END_OF_TEXT, SENTENCE_LIMIT, REPETITION, TOKEN_CAP, CANCEL)
+from proto import END_REASONS as _DECLARED
+
+# Why a reply ended: the llm.done field end_reason (declared in proto/states.py), the `done`
+# event's, the logs' and the load tester's counts.
+END_REASONS = _DECLARED[1:]  # not "" (a stage that predates the field)
+END_OF_TEXT, SENTENCE_LIMIT, REPETITION, TOKEN_CAP, CANCEL = END_REASONS
 
 # A near copy: this share of the words match in order (difflib's ratio). One word changed in a
 # sentence of seven or more counts as a copy; in a shorter one it does not.

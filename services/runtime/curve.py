@@ -34,7 +34,7 @@ import re
 import stat
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +45,19 @@ from zmq.utils import z85
 
 from services.runtime.endpoints import events_endpoint
 from services.runtime.errors import ConfigError
-from services.runtime.settings import StageSettings
+from services.runtime.settings import Setting, Source, StageSettings, project_value
 
 log = logging.getLogger("s2s.curve")
 
-SECRET_KEY_FILE = "S2S_CURVE_SECRET_KEY_FILE"
-SERVER_KEY_FILE = "S2S_CURVE_SERVER_KEY_FILE"
-AUTHORIZED_DIR = "S2S_CURVE_AUTHORIZED_DIR"
+# Project-wide settings, S2S_<KEY> (a worker may also set them in its env file).
+SECRET_KEY = Setting("CURVE_SECRET_KEY_FILE", str, None, "this process's secret key file (`NAME.key_secret`, mode "
+                     "0600); its public key is derived from it. Required with TCP endpoints")
+SERVER_KEY = Setting("CURVE_SERVER_KEY_FILE", str, None, "workers: the gateway's public key file (`gateway.key`). "
+                     "Required with TCP endpoints")
+AUTHORIZED = Setting("CURVE_AUTHORIZED_DIR", str, None, "gateway: a directory (not writable by others) of the worker "
+                     "public key files (`*.key`) allowed to connect. Required with TCP endpoints")
+SETTINGS = (SECRET_KEY, SERVER_KEY, AUTHORIZED)
+SECRET_KEY_FILE, SERVER_KEY_FILE, AUTHORIZED_DIR = ("S2S_" + s.key for s in SETTINGS)
 LOCAL_TRANSPORTS = ("ipc", "inproc")
 ZAP_DOMAIN = "s2s"
 HOWTO = ("generate keys with `s2s-keys generate DIR --name gateway` (and `--name <worker>` on each "
@@ -59,7 +65,6 @@ HOWTO = ("generate keys with `s2s-keys generate DIR --name gateway` (and `--name
 _Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-Source = Mapping[str, str] | StageSettings | None
 
 
 # --- policy ------------------------------------------------------------------------------------
@@ -71,10 +76,7 @@ def remote_endpoints(endpoints: Iterable[str]) -> list[str]:
 
 
 def _setting(source: Source, name: str) -> str | None:
-    if isinstance(source, StageSettings):
-        return source.get_global(name.removeprefix("S2S_"))
-    value = (os.environ if source is None else source).get(name)
-    return value or None
+    return project_value(source, name.removeprefix("S2S_"))
 
 
 def _missing(name: str, what: str, remote: list[str]) -> ConfigError:
@@ -206,7 +208,7 @@ def client_keys(source: Source, endpoints: Iterable[str]) -> ClientKeys | None:
 def worker_keys(settings: StageSettings) -> ClientKeys | None:
     """The keys of a stage worker for its endpoints (the ones _io_loop uses): the events socket it
     connects to and the inbox it binds (ipc in the run dir unless INBOX_ENDPOINT names another)."""
-    return client_keys(settings, [e for e in (events_endpoint(), settings.get("INBOX_ENDPOINT")) if e])
+    return client_keys(settings, [e for e in (events_endpoint(settings), settings.get("INBOX_ENDPOINT")) if e])
 
 
 def secure_server(socket: zmq.Socket, keys: ServerKeys) -> None:

@@ -1,13 +1,19 @@
-"""Where the bus lives: ipc sockets in a private run directory, one inbox per worker plus events."""
+"""Where the bus lives: ipc sockets in a private run directory, one inbox per worker plus events.
+
+Each function reads the project-wide settings from a source (services/runtime/settings.py): a
+process's settings, so a worker's env file counts as it does for the CURVE keys, or a mapping.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from services.runtime.errors import ConfigError
+from services.runtime.settings import Setting, Source, project_value
 
 STAGES = ("asr", "llm", "tts")
 # The largest frame any bus socket accepts (ZMQ_MAXMSGSIZE): libzmq drops a peer that announces a
@@ -15,11 +21,17 @@ STAGES = ("asr", "llm", "tts")
 # a long sentence of speech about 1.5 MB.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
+RUN_DIR = Setting("RUN_DIR", str, None, "ipc sockets (mode 0700); a dir there that is a symlink or another "
+                  "user's is refused (exit 78)", default_doc="`$XDG_RUNTIME_DIR/s2s-<uid>` or `/tmp/s2s-<uid>`")
+EVENTS_ENDPOINT = Setting("EVENTS_ENDPOINT", str, None, "where the gateway binds the socket every worker sends its "
+                          "results and lifecycle messages to; anything but `ipc://` (e.g. `tcp://`) requires the "
+                          "CURVE keys below", default_doc="`ipc://$S2S_RUN_DIR/events`")
 
-def run_dir(environ: dict[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
+
+def run_dir(source: Source = None) -> Path:
+    env = source if isinstance(source, Mapping) else os.environ  # XDG_RUNTIME_DIR is the system's, not ours
     default = Path(env.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"s2s-{os.getuid()}"
-    return Path(env.get("S2S_RUN_DIR") or default)
+    return Path(project_value(source, RUN_DIR.key) or default)
 
 
 def ensure_run_dir(path: Path) -> Path:
@@ -47,13 +59,12 @@ def ensure_run_dir(path: Path) -> Path:
     return path
 
 
-def inbox_endpoint(instance: str, environ: dict[str, str] | None = None) -> str:
+def inbox_endpoint(instance: str, source: Source = None) -> str:
     """A worker's own inbox by default: an ipc socket in the run dir named after the worker
     instance. The worker binds it and announces it in its hello; the gateway connects one PUSH to
     each worker's inbox. `S2S_<STAGE>_INBOX_ENDPOINT` replaces it for a worker on another host."""
-    return f"ipc://{run_dir(environ)}/{instance}.in"
+    return f"ipc://{run_dir(source)}/{instance}.in"
 
 
-def events_endpoint(environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    return env.get("S2S_EVENTS_ENDPOINT") or f"ipc://{run_dir(env)}/events"
+def events_endpoint(source: Source = None) -> str:
+    return project_value(source, EVENTS_ENDPOINT.key) or f"ipc://{run_dir(source)}/events"

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from services.runtime.settings import Setting, project_value
+
 FORMATS = ("json", "text")
 # Attributes every LogRecord has: anything else on a record came from `extra=` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -107,14 +109,21 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{fields}]{sep}{tail}"
 
 
+# Project-wide: every process reads S2S_<KEY> from its environment (before any settings file).
+LOG_LEVEL = Setting("LOG_LEVEL", str, "INFO", "log level of every process")
+LOG_FORMAT = Setting("LOG_FORMAT", str, "json", "`json`: one JSON object per line (`ts`, `level`, `logger`, `msg`, "
+                     "`process`, `pid`, and `session`, `turn` on a turn's lines); `text`: the classic line with the "
+                     "fields appended")
+
+
 def configure_logging(process: str, level: str | None = None, fmt: str | None = None, stream=None) -> None:
     """Send every logger's records to stderr (supervisor writes it to var/log/<process>.log), once
     per process; a second call replaces the handler instead of adding one."""
-    fmt = (fmt or os.environ.get("S2S_LOG_FORMAT") or "json").strip().lower()
+    fmt = (fmt or project_value(None, LOG_FORMAT.key) or LOG_FORMAT.default).strip().lower()
     bad_format = fmt not in FORMATS
     if bad_format:
         fmt = "json"
-    level = (level or os.environ.get("S2S_LOG_LEVEL") or "INFO").strip().upper()
+    level = (level or project_value(None, LOG_LEVEL.key) or LOG_LEVEL.default).strip().upper()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(process) if fmt == "json" else TextFormatter(process))
     root = logging.getLogger()

@@ -7,10 +7,10 @@ busy count, state, dropped frames) is read at scrape time. Every metric carries 
 `stage` (asr | llm | tts) and `instance` (the worker's instance id, as in stage.hello and
 /api/stages).
 
-Settings: S2S_<STAGE>_METRICS_PORT (default asr 9101, llm 9102, tts 9103; 0: no metrics server)
-plus S2S_WORKER_INDEX (default 0; supervisor sets it when a stage runs several workers, so each
-gets its own port); S2S_<STAGE>_METRICS_HOST (default 127.0.0.1). A port that is taken is logged
-as an error and the worker serves on without metrics.
+Settings (declared below): S2S_<STAGE>_METRICS_PORT (0: no metrics server) plus
+S2S_WORKER_INDEX (supervisor sets it when a stage runs several workers, so each gets its own
+port); S2S_<STAGE>_METRICS_HOST. A port that is taken is logged as an error and the worker serves
+on without metrics.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from proto import Envelope, TurnCancel, tag_of
+from proto import ERROR_KINDS, STOP_REASONS, WORKER_STATES, Envelope, ErrorKind, StopReason, TurnCancel, WorkerState
+from proto import tag_of
 from services.runtime.errors import ConfigError
 from services.runtime.logs import log_turn
-from services.runtime.settings import StageSettings
+from services.runtime.settings import Setting, StageSettings
 
 
 
@@ -52,7 +53,7 @@ class Worker(Protocol):
     instance: str
     settings: StageSettings
     inbox: queue.Queue
-    state: str
+    state: WorkerState
     busy: int  # requests being computed now
     busy_since: float  # monotonic
     dropped_frames: int
@@ -60,17 +61,21 @@ class Worker(Protocol):
 
 
 class StopCheck(Protocol):
-    def stale_reason(self) -> str | None: ...
+    def stale_reason(self) -> StopReason | None: ...
 
 log = logging.getLogger("s2s.worker.requests")
 
 METRICS_PORTS = {"asr": 9101, "llm": 9102, "tts": 9103}
-LIFECYCLE_STATES = ("starting", "loading", "ready", "busy", "draining", "stopped")
-# How a request ended. ok: answered in full; cancelled / deadline / shutdown: stopped part-way;
-# failed: the model raised; bad_request: the stage refused it; busy: the inbox was full;
-# stale: dropped from the inbox before it started (its turn was cancelled, superseded or late).
-OUTCOMES = ("ok", "cancelled", "deadline", "shutdown", "failed", "bad_request", "busy", "stale")
-STALE_REASONS = ("cancelled", "deadline", "shutdown")
+METRICS_PORT = Setting("METRICS_PORT", int, None, "the worker's Prometheus port (`0`: none); a port that is taken is "
+                       "logged and the worker serves on without metrics",
+                       default_doc=", ".join(f"`{port}` {stage}" for stage, port in METRICS_PORTS.items()))
+METRICS_HOST = Setting("METRICS_HOST", str, "127.0.0.1", "the worker's metrics bind address")
+WORKER_INDEX = Setting("WORKER_INDEX", int, 0, "added to the metrics port, so several workers of one stage do not "
+                       "collide (supervisord.conf sets it to the process number)")  # project-wide: S2S_WORKER_INDEX
+# How a request ended. ok: answered in full; a stop reason (cancelled, deadline, shutdown): stopped
+# part-way; an error kind it was answered with (failed, bad_request, busy); stale: dropped from the
+# inbox before it started (its turn was cancelled, superseded or late).
+OUTCOMES = ("ok", *STOP_REASONS, *(k for k in ERROR_KINDS if k not in STOP_REASONS and k != "load_failed"), "stale")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
                    120.0)
 _ARRIVALS_KEPT = 4096
@@ -119,7 +124,7 @@ class _StateCollector:
                                    labels=names)
         busy_s.add_metric(values, time.monotonic() - w.busy_since if w.state == "busy" else 0.0)
         state = GaugeMetricFamily("s2s_worker_state", "1 for the worker's lifecycle state", labels=[*names, "state"])
-        for name in (*LIFECYCLE_STATES, *([w.state] if w.state not in LIFECYCLE_STATES else [])):
+        for name in WORKER_STATES:
             state.add_metric([*values, name], 1.0 if name == w.state else 0.0)
         malformed = CounterMetricFamily("s2s_worker_malformed_frames",
                                         "Malformed or unexpected frames dropped", labels=names)
@@ -145,10 +150,10 @@ class WorkerObserver:
         self.outcomes = {outcome: requests.labels(*labels, outcome) for outcome in OUTCOMES}
         stale = Counter("s2s_worker_stale_dropped", "Requests dropped before they started, by why",
                         [*names, "reason"], registry=r)
-        self.stale = {reason: stale.labels(*labels, reason) for reason in STALE_REASONS}
+        self.stale = {reason: stale.labels(*labels, reason) for reason in STOP_REASONS}
         cancelled = Counter("s2s_worker_cancelled", "Requests stopped part-way, by why", [*names, "reason"],
                             registry=r)
-        self.cancelled = {reason: cancelled.labels(*labels, reason) for reason in STALE_REASONS}
+        self.cancelled = {reason: cancelled.labels(*labels, reason) for reason in STOP_REASONS}
         self.compute_seconds = Histogram("s2s_worker_request_seconds", "Compute time of a request (started to "
                                          "finished, whatever the outcome)", names, buckets=LATENCY_BUCKETS,
                                          registry=r).labels(*labels)
@@ -167,8 +172,9 @@ class WorkerObserver:
         """Start the metrics server; the port it listens on, or None (disabled, or it could not)."""
         settings = self.worker.settings
         try:
-            base = settings.get_int("METRICS_PORT", METRICS_PORTS.get(self.stage, 0))
-            index_text = settings.get_global("WORKER_INDEX", "0")
+            base = settings.value(METRICS_PORT)
+            base = METRICS_PORTS.get(self.stage, 0) if base is None else base
+            index_text = settings.get_global(WORKER_INDEX.key, str(WORKER_INDEX.default))
             try:
                 index = int(index_text)
             except ValueError:
@@ -180,7 +186,7 @@ class WorkerObserver:
             log.info("%s metrics server disabled (%sMETRICS_PORT=0)", self.stage, settings.prefix)
             return None
         port = base + index
-        host = settings.get("METRICS_HOST", "127.0.0.1")
+        host = settings.value(METRICS_HOST)
         try:
             self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
@@ -222,7 +228,7 @@ class WorkerObserver:
             return self._arrived.pop(id(request), None)
 
     @never_raises
-    def rejected(self, request: Envelope, kind: str, text: str) -> None:
+    def rejected(self, request: Envelope, kind: ErrorKind, text: str) -> None:
         """Refused at the door (inbox full, shutting down)."""
         self._arrival(request)
         self.outcomes["busy" if kind == "busy" else "shutdown"].inc()
@@ -230,7 +236,7 @@ class WorkerObserver:
                  kind=kind, error=text, **_fields(request))
 
     @never_raises
-    def stale_dropped(self, request: Envelope, reason: str | None) -> None:
+    def stale_dropped(self, request: Envelope, reason: StopReason | None) -> None:
         """Taken from the inbox and dropped without starting: its turn is over."""
         arrived = self._arrival(request)
         reason = reason if reason in self.stale else "cancelled"
@@ -253,7 +259,7 @@ class WorkerObserver:
         return now
 
     @never_raises
-    def failed(self, request: Envelope, kind: str, text: str) -> None:
+    def failed(self, request: Envelope, kind: ErrorKind, text: str) -> None:
         """The worker answered the request with a stage.error (on the compute thread)."""
         self._failed[id(request)] = (kind, text)
 

@@ -7,29 +7,32 @@ import os
 import time
 from typing import Callable
 
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError, ModelError
 from services.runtime.registry import backend_class
-from services.runtime.settings import StageSettings
-from services.runtime.worker import StageInfo
+from services.runtime.settings import Setting, StageSettings
+from services.runtime.worker import StageDefaults, StageInfo
 
 log = logging.getLogger("s2s.stage")
 
 
-class BackendStage:
-    """Subclasses set name, request_type, BACKENDS, DEFAULT_BACKEND and planner, and implement
-    handle(). The planner (services/models/resolve.py) picks the backend, model and source."""
+class BackendStage(StageDefaults):
+    """Subclasses set name, request_type, BACKENDS, the settings of their backend and device, and
+    planner, and implement handle(); they may override the capabilities of StageDefaults and
+    warmup_request(). The planner (services/models/resolve.py) picks the backend, model and source."""
 
     name: str
     request_type: type
     BACKENDS: dict[str, str]
-    DEFAULT_BACKEND: str
+    backend_setting: Setting  # S2S_<STAGE>_BACKEND, with the stage's default backend
+    device_setting: Setting  # S2S_<STAGE>_DEVICE
     planner = None  # staticmethod: (settings, prepare, log_line) -> Plan
 
     def __init__(self, settings: StageSettings):
         self.settings = settings
-        self.backend_name = settings.get("BACKEND", self.DEFAULT_BACKEND)
+        self.backend_name = settings.value(self.backend_setting)
         backend_class(self.name, self.backend_name, self.BACKENDS)  # a bad name fails before loading
-        self.backend = None
+        self.backend: Backend | None = None
 
     def warmup_request(self):
         """(request, payload) of a small request that warms the model up at load; None: no warm-up."""
@@ -38,11 +41,11 @@ class BackendStage:
     @property
     def parallel_ok(self) -> bool:
         """Whether the loaded backend may handle several requests at once (S2S_<STAGE>_PARALLEL)."""
-        return bool(getattr(self.backend, "thread_safe", False))
+        return self.backend is not None and self.backend.thread_safe
 
     def describe(self) -> StageInfo:
         """Before load(): the configured backend; the model is known once resolved."""
-        return StageInfo(self.backend_name, "resolving", self.settings.get("DEVICE", "auto"))
+        return StageInfo(self.backend_name, "resolving", self.settings.value(self.device_setting))
 
     def load(self) -> StageInfo:
         try:

@@ -26,17 +26,32 @@ from typing import Iterator, Protocol
 import zmq
 
 import proto
-from proto import Envelope, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady
-from proto import TurnCancel
+from proto import (Envelope, ErrorKind, ProtocolError, StageBye, StageError, StageHeartbeat, StageHello, StageReady,
+                   StopReason, TurnCancel, WorkerState)
 from services.runtime import curve
 from services.runtime.endpoints import MAX_MESSAGE_BYTES, ensure_run_dir, events_endpoint, inbox_endpoint, run_dir
 from services.runtime.errors import EXIT_CONFIG, BadRequest, ConfigError
 from services.runtime.logs import configure_logging as configure_process_logging
 from services.runtime.logs import turn_fields
 from services.runtime.observe import WorkerObserver
-from services.runtime.settings import StageSettings
+from services.runtime.settings import Setting, StageSettings
 
 log = logging.getLogger("s2s.worker")
+
+# Every stage's worker settings, S2S_<STAGE>_<KEY> (each declared once, here).
+INBOX = Setting("INBOX", int, None, "queued requests before the stage answers \"busy\"; TTS takes a turn's first "
+                "sentence before other turns' later ones", default_doc="the stage's own INBOX")
+PARALLEL = Setting("PARALLEL", int, 1, "requests handled at once where the backend allows it: the LLM decodes them "
+                   "in one shared batch (one forward pass per token for all replies); kokoro-onnx speaks each on its "
+                   "own thread")
+THREADS = Setting("THREADS", int, 0, "CPU threads for that stage (0 = one per core)")
+NICE = Setting("NICE", int, 0, "CPU priority (0-19): a stage off the path to the first audio yields to those on it")
+INBOX_ENDPOINT = Setting("INBOX_ENDPOINT", str, None, "where each worker binds its own inbox (its requests and "
+                         "cancels; the gateway connects to it, learning it from the worker's hello). On another "
+                         "host: this host's address as the gateway reaches it, e.g. `tcp://10.0.0.2:*` (any free "
+                         "port); `tcp://` requires the CURVE keys below",
+                         default_doc="`ipc://$S2S_RUN_DIR/<worker instance>.in`")
+WORKER_SETTINGS = (INBOX, PARALLEL, THREADS, NICE, INBOX_ENDPOINT)
 
 HEARTBEAT_S = 1.0
 # SIGTERM budget: must stay below supervisor's stopwaitsecs (10 s in supervisord.conf).
@@ -58,10 +73,17 @@ Output = tuple[Envelope, tuple[bytes, ...]]
 
 
 class Stage(Protocol):
-    """What a stage implements: load its backend, then turn one request into outputs."""
+    """What a stage implements: load its backend, then turn one request into outputs; and the
+    capabilities the worker asks of it (StageDefaults declares each one's default)."""
 
     name: str
-    request_type: type
+    request_type: type | tuple[type, ...]
+    INBOX: int  # requests queued before the worker answers busy, unless S2S_<STAGE>_INBOX says
+    parallel_ok: bool  # several requests may be handled at once (S2S_<STAGE>_PARALLEL)
+
+    def priority(self, request: Envelope) -> int:
+        """Where the request goes in the inbox: lower first, then by arrival."""
+        ...
 
     def describe(self) -> StageInfo:
         """What the settings ask for, known before loading."""
@@ -72,6 +94,16 @@ class Stage(Protocol):
         ...
 
     def handle(self, request: Envelope, payload: list[bytes], stop: "StopCheck") -> Iterator[Output]: ...
+
+
+class StageDefaults:
+    """The optional capabilities of a Stage, as a stage has them unless it says otherwise."""
+
+    INBOX = 16
+    parallel_ok = False
+
+    def priority(self, request: Envelope) -> int:
+        return 0  # arrival order
 
 
 class TurnBook:
@@ -114,7 +146,7 @@ class StopCheck:
         self._book = book
         self._draining = draining
 
-    def stale_reason(self) -> str | None:
+    def stale_reason(self) -> StopReason | None:
         if self._draining.is_set():
             return "shutdown"
         if not self._book.is_live(self.request.session, self.request.turn):
@@ -138,16 +170,17 @@ class Worker:
         self.settings = settings
         self.instance = f"{stage.name}-{os.getpid()}-{secrets.token_hex(3)}"
         # Ordered by the stage's priority for each request (lower first), then by arrival.
-        self.inbox: queue.PriorityQueue = queue.PriorityQueue(settings.get_int("INBOX", getattr(stage, "INBOX", 16)))
+        self.inbox: queue.PriorityQueue = queue.PriorityQueue(
+            stage.INBOX if settings.value(INBOX) is None else settings.value(INBOX))
         self._arrivals = itertools.count()
         # Requests handled at once, each on its own compute thread (for backends that allow it).
-        self.parallel = max(1, settings.get_int("PARALLEL", 1))
+        self.parallel = max(1, settings.value(PARALLEL))
         self._busy = 0  # requests being computed now (under _busy_lock)
         self._busy_lock = threading.Lock()
         self.book = TurnBook()
         self.draining = threading.Event()
         self.stopped = threading.Event()
-        self.state = "starting"
+        self.state: WorkerState = "starting"
         self.busy_since = 0.0
         self.dropped_frames = 0
         self._seq = 0
@@ -204,7 +237,7 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a larger frame drops its sender
         curve.secure_client(sock, curve.worker_keys(self.settings))  # tcp: only the gateway gets in
-        endpoint = self.settings.get("INBOX_ENDPOINT") or inbox_endpoint(self.instance)
+        endpoint = self.settings.value(INBOX_ENDPOINT) or inbox_endpoint(self.instance, self.settings)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -223,7 +256,7 @@ class Worker:
         # Nothing stale is queued for a gateway that is not there (or restarts).
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, 1000)
-        push.connect(events_endpoint())
+        push.connect(events_endpoint(self.settings))
         self._push = push
         poller = zmq.Poller()
         for sock in (pull, self._outbox_pull):
@@ -318,12 +351,11 @@ class Worker:
             self._reject(message, "shutdown", f"{self.stage.name} stage is shutting down", push)
             return
         try:
-            priority = getattr(self.stage, "priority", lambda _request: 0)(message)
-            self.inbox.put_nowait((priority, next(self._arrivals), message, payload))
+            self.inbox.put_nowait((self.stage.priority(message), next(self._arrivals), message, payload))
         except queue.Full:
             self._reject(message, "busy", f"{self.stage.name} stage is saturated", push)
 
-    def _reject(self, request: Envelope, kind: str, text: str, push: zmq.Socket) -> None:
+    def _reject(self, request: Envelope, kind: ErrorKind, text: str, push: zmq.Socket) -> None:
         error = StageError(stage=self.stage.name, kind=kind, message=text)
         self.observe.rejected(request, kind, text)
         self._forward(proto.encode(self.stamp(error, reply_to=request)), push)
@@ -339,7 +371,7 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        ensure_run_dir(run_dir())
+        ensure_run_dir(run_dir(self.settings))
         try:
             self._bind_inbox()
         except ConfigError as exc:
@@ -379,7 +411,7 @@ class Worker:
 
     def _serve(self) -> None:
         parallel = self.parallel
-        if parallel > 1 and not getattr(self.stage, "parallel_ok", False):
+        if parallel > 1 and not self.stage.parallel_ok:
             log.warning("%s: PARALLEL=%d ignored: the %s backend handles one request at a time",
                         self.stage.name, parallel, self.info.backend)
             parallel = 1
@@ -430,7 +462,7 @@ class Worker:
                 if self._busy == 0 and self.state == "busy":
                     self.state = "ready"
 
-    def _fail(self, request: Envelope, kind: str, text: str) -> None:
+    def _fail(self, request: Envelope, kind: ErrorKind, text: str) -> None:
         self.observe.failed(request, kind, text)
         self.send(StageError(stage=self.stage.name, kind=kind, message=text), reply_to=request)
 
@@ -443,12 +475,12 @@ def configure_logging(process: str = "worker") -> None:
 def apply_cpu_settings(settings: StageSettings) -> None:
     """THREADS pins this stage's CPU thread pool so stages sharing a machine do not oversubscribe it;
     NICE lowers its CPU priority (0..19), so a stage off the path to the first audio yields to those on it."""
-    threads = settings.get_int("THREADS", 0)
+    threads = settings.value(THREADS)
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    nice = settings.get_int("NICE", 0)
+    nice = settings.value(NICE)
     if not 0 <= nice <= 19:
         raise ConfigError(f"{settings.prefix}NICE must be between 0 and 19, got {nice}")
     if nice:
@@ -466,7 +498,7 @@ def main(stage_factory) -> None:
     try:
         settings = StageSettings.load(stage_factory.name)
         curve.worker_keys(settings)  # tcp endpoints without CURVE keys: refused
-        ensure_run_dir(run_dir())  # a run dir of someone else's, or a symlink: refused
+        ensure_run_dir(run_dir(settings))  # a run dir of someone else's, or a symlink: refused
         apply_cpu_settings(settings)
         stage = stage_factory(settings)
     except ConfigError as exc:

@@ -9,10 +9,11 @@ from typing import Iterator
 import numpy as np
 
 from services.runtime.devices import resolve_device
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError
 
 
-class KokoroBackend:
+class KokoroBackend(Backend):
     """Kokoro-82M via the kokoro package (misaki G2P). Weights/voices from local paths or the HF hub."""
 
     name = "kokoro"

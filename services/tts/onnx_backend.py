@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from services.runtime.backend import Backend
 from services.runtime.errors import ConfigError
 
 log = logging.getLogger("s2s.tts.onnx")
@@ -85,7 +86,7 @@ def split_phonemes(ps: str, limit: int = CONTEXT) -> list[str]:
     return [p for p in pieces if p]
 
 
-class KokoroOnnxBackend:
+class KokoroOnnxBackend(Backend):
     """Kokoro-82M exported to ONNX, run by onnxruntime; float32 mono 24 kHz, one array per chunk."""
 
     name = "kokoro-onnx"

@@ -10,10 +10,26 @@ from services.personas import DEFAULT_PERSONA, PERSONAS, VOICES
 from services.runtime.audio import float_to_pcm16
 from services.runtime.errors import BadRequest
 from services.models.resolve import plan_tts
+from services.models.settings import TTS_BACKEND, TTS_DEVICE, TTS_FIRST_THREADS, TTS_REPO
+from services.runtime.settings import EnvLine
 from services.runtime.stage import BackendStage
-from services.runtime.worker import Output, StopCheck
+from services.runtime.worker import PARALLEL, THREADS, Output, StopCheck
 from services.tts.onnx_backend import WARMUP_TEXT
 from services.tts.sanitize import clean_for_tts
+
+
+# config/tts.env, as it ships (scripts/settings_docs.py writes it from this)
+ENV_FILE = (
+    EnvLine(TTS_BACKEND),
+    EnvLine(TTS_REPO, note="Or local files instead of the model hub: S2S_TTS_MODEL_PATH (.pth), S2S_TTS_CONFIG_PATH "
+            "(config.json), S2S_TTS_VOICES_DIR (<voice>.pt files)."),
+    EnvLine(TTS_DEVICE),
+    EnvLine(TTS_FIRST_THREADS, "0"),
+    EnvLine(THREADS, "1", note="The sentences after a turn's first are spoken while the LLM writes the next ones on "
+            "the other core."),
+    EnvLine(PARALLEL, "2", note="kokoro-onnx only: with THREADS=1 the TTS can use every core when sentences wait, "
+            "and gives a core back to the LLM when they do not."),
+)
 
 
 class TtsStage(BackendStage):
@@ -23,7 +39,7 @@ class TtsStage(BackendStage):
         "kokoro": "services.tts.backends:KokoroBackend",
         "kokoro-onnx": "services.tts.onnx_backend:KokoroOnnxBackend",
     }
-    DEFAULT_BACKEND = "kokoro"
+    backend_setting, device_setting = TTS_BACKEND, TTS_DEVICE
     planner = staticmethod(plan_tts)
     INBOX = 256  # sentences: several turns' replies may wait here at once
 
@@ -34,7 +50,7 @@ class TtsStage(BackendStage):
         return 0 if request.index == 0 else 1
 
     def warmup_request(self):
-        if getattr(self.backend, "warmup_s", None) is not None:
+        if self.backend.warmup_s is not None:
             return None  # the backend warmed itself up while loading (kokoro-onnx)
         return TtsRequest(session="warm-up", index=0, text=WARMUP_TEXT, voice=PERSONAS[DEFAULT_PERSONA].voice), []
 

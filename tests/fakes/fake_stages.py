@@ -66,8 +66,7 @@ class FakeStages:
             pulls[sock] = stage
             poller.register(sock, zmq.POLLIN)
         def send(message, *payload, reply_to=None):
-            kind, _, _ = proto.tag_of(message).partition(".")  # tts.done -> tts; stage.hello names it
-            stage = message.stage if kind == "stage" else kind
+            stage = proto.stage_of(message)  # tts.done -> tts; stage.hello names it
             if reply_to is not None:
                 message.session, message.turn = reply_to.session, reply_to.turn
             message.instance = self.instances[stage]

@@ -12,10 +12,10 @@ import time
 
 from proto import TtsAudio, TtsDone, TtsRequest
 from services.runtime.errors import BadRequest, ConfigError
-from services.runtime.worker import StageInfo, main
+from services.runtime.worker import StageDefaults, StageInfo, main
 
 
-class ScriptedStage:
+class ScriptedStage(StageDefaults):
     name = "tts"
     request_type = TtsRequest
 

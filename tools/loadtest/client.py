@@ -19,10 +19,11 @@ from urllib.parse import quote
 
 import aiohttp
 
+from proto import events
 from services.llm.limits import repeated_sentences, split_sentences
 
 CONTENT_TYPES = {".wav": "audio/wav", ".ogg": "audio/ogg", ".webm": "audio/webm"}
-STAGE_FIELDS = ("asr", "llm", "llm_first_sentence", "tts", "tts_first_chunk")
+STAGE_FIELDS = tuple(events.STAGE_TIMINGS)  # done.timing's stage keys, each a TurnResult field
 # error kinds: http_4xx / http_5xx (error_status), sse_error (error_stage), timeout, connection,
 # deadline (the run's --max-seconds ended the turn), bad_event (an event the page could not use)
 # One SSE line carries a whole sentence's WAV in base64 (64 kB per second of audio): far past
@@ -184,10 +185,10 @@ async def _run(session: aiohttp.ClientSession, base_url: str, audio: AudioInput,
             except json.JSONDecodeError:
                 result.fail("bad_event", f"{event} event with invalid JSON: {raw[:100]!r}")
                 return
-            if event == "transcript":
+            if event == events.TRANSCRIPT:
                 result.transcript_s = now
                 result.transcript = data.get("text")
-            elif event == "chunk":
+            elif event == events.CHUNK:
                 if result.ttfa_s is None:
                     result.ttfa_s = now
                 result.chunks += 1
@@ -196,10 +197,10 @@ async def _run(session: aiohttp.ClientSession, base_url: str, audio: AudioInput,
                 except ValueError as exc:
                     result.fail("bad_event", str(exc))
                     return
-            elif event == "done":
+            elif event == events.DONE:
                 result.done_s = now
                 timing = data.get("timing") or {}
-                for key in (*STAGE_FIELDS, "first_audio", "total"):
+                for key in (*STAGE_FIELDS, *events.TURN_TIMINGS):
                     if isinstance(timing.get(key), (int, float)):
                         setattr(result, key, float(timing[key]))
                 result.reply = data.get("full_text") or ""
@@ -208,7 +209,7 @@ async def _run(session: aiohttp.ClientSession, base_url: str, audio: AudioInput,
                 result.repeated_sentences = repeated_sentences(result.reply)
                 result.ok = True
                 return
-            elif event == "error":
+            elif event == events.ERROR:
                 result.fail("sse_error", data.get("message"), stage=data.get("stage"))
                 return
     result.fail("connection", "the stream ended before done or error")

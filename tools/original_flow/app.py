@@ -13,6 +13,7 @@ from gateway.conversations import ConversationStore
 from gateway.http import SseWriter, security_headers
 from gateway.settings import GatewaySettings
 from gateway.upload_desk import UploadDesk
+from proto import events
 from tools.original_flow.pipeline import OriginalPipeline
 
 log = logging.getLogger("s2s.original")
@@ -39,28 +40,28 @@ class OriginalFlowServer:
         upload, conversation = claimed
         sse = await SseWriter.open(request, self.settings.sse_write_timeout_s)
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        queued: asyncio.Queue = asyncio.Queue()
         gone = threading.Event()
 
         def produce() -> None:  # the original's Flask request thread
             try:
                 for event in self.pipeline.run(upload.pcm, upload.persona, list(conversation.history), gone.is_set):
-                    loop.call_soon_threadsafe(events.put_nowait, event)
+                    loop.call_soon_threadsafe(queued.put_nowait, event)
                     if gone.is_set():
                         break
             except Exception as exc:  # reported to the client, and logged with its traceback
                 log.exception("turn failed")
-                loop.call_soon_threadsafe(events.put_nowait, ("error", {"message": f"The turn failed: {exc}"}))
-            loop.call_soon_threadsafe(events.put_nowait, None)
+                loop.call_soon_threadsafe(queued.put_nowait, events.error(f"The turn failed: {exc}", "stage_error"))
+            loop.call_soon_threadsafe(queued.put_nowait, None)
 
         threading.Thread(target=produce, name="original-turn", daemon=True).start()
         user_text = ""
         try:
-            while (item := await events.get()) is not None:
+            while (item := await queued.get()) is not None:
                 event, data = item
-                if event == "transcript":
+                if event == events.TRANSCRIPT:
                     user_text = data["text"]
-                elif event == "done":
+                elif event == events.DONE:
                     conversation.remember(user_text, data["full_text"])
                 if not await sse.send(event, data):
                     break

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from proto import AsrFinal, AsrRequest, ChatMessage, LlmDone, LlmRequest, LlmSentence, TtsAudio, TtsRequest
+from proto import AsrFinal, AsrRequest, ChatMessage, LlmDone, LlmRequest, LlmSentence, TtsAudio, TtsRequest, events
 from services.asr.stage import AsrStage
 from services.llm.stage import LlmStage
 from services.personas import PERSONAS
@@ -24,7 +24,7 @@ from services.runtime.settings import StageSettings
 from services.runtime.stage import InProcessStopCheck
 from services.tts.stage import TtsStage
 
-Event = tuple[str, dict]  # an SSE event name and its data, as the gateway sends them
+Event = events.Event  # an SSE event name and its data, as the gateway sends them
 
 
 def original_settings(stage: str) -> StageSettings:
@@ -65,17 +65,17 @@ class OriginalPipeline:
         final = self._one(self.asr.handle(AsrRequest(), [pcm], stop), AsrFinal)
         timing["asr"] = final.compute_s
         text = final.text.strip()
-        yield "transcript", {"text": text, "asr_time": final.compute_s}
+        yield events.transcript(text, final.compute_s)
         if not text:
-            yield "error", {"message": "No speech was recognized. Please try again.", "stage": "asr"}
+            yield events.error("No speech was recognized. Please try again.", "no_speech", "asr")
             return
         persona = PERSONAS[persona_key]
         request = LlmRequest(persona=persona.key, history=[*history, ChatMessage("user", text)])
         chunks, tts_s = 0, 0.0
-        reply = ""
+        reply, end_reason = "", ""
         for message, _ in self.llm.handle(request, [], stop):
             if isinstance(message, LlmDone):
-                reply = message.full_text
+                reply, end_reason = message.full_text, message.end_reason
                 timing.update(llm=message.compute_s, llm_first_sentence=message.first_sentence_s)
                 continue
             assert isinstance(message, LlmSentence)
@@ -88,14 +88,14 @@ class OriginalPipeline:
                     timing["tts_first_chunk"] = audio.compute_s
                     timing["first_audio"] = round(time.monotonic() - started, 4)
                 wav = wav_bytes(payload[0], audio.sample_rate)
-                yield "chunk", {"index": chunks, "b64": base64.b64encode(wav).decode("ascii"),
-                                "text": message.text if audio.part == 0 else ""}
+                yield events.chunk(chunks, message.text if audio.part == 0 else "",
+                                   b64=base64.b64encode(wav).decode("ascii"))
                 chunks += 1
             if stop.should_stop():
                 return
         timing["tts"] = round(tts_s, 4)
         timing["total"] = round(time.monotonic() - started, 4)
-        yield "done", {"full_text": reply, "chunks": chunks, "timing": timing}
+        yield events.done(reply, chunks, timing, persona.key, persona.voice, end_reason)
 
     @staticmethod
     def _one(outputs, kind):

@@ -2,6 +2,7 @@
  * The stage badges in the header (state, model, where its weights came from) and the banner
  * while a stage is not ready, from GET /api/stages, polled every STAGES_POLL_MS.
  */
+import { STAGE_STATES } from "./contract.js";
 import { apiFetch, readJson } from "./http.js";
 import { makeEl } from "./view.js";
 
@@ -78,18 +79,24 @@ function renderGatewayUnreachable(list) {
   list.appendChild(li);
 }
 
-// What a stage that is not ready means for the user (null when it is fine); transient: the
-// supervisor is bringing it back, so a turn waits for it.
+// What each state of a stage means for the user (null when it is fine); transient: the
+// supervisor is bringing it back, so a turn waits for it. One entry per state in STAGE_STATES.
+const STAGE_PROBLEMS = {
+  ready: null,
+  busy: null,
+  loading: (label) => ({ text: label + " is loading its model", transient: true }),
+  draining: (label) => ({ text: label + " is restarting", transient: true }),
+  stuck: (label) => ({ text: label + " is not answering", transient: false }),
+  failed: (label, info) => ({ text: label + " could not start" + (info.error ? ": " + info.error : ""), transient: false }),
+  down: (label) => ({ text: label + " is down; supervisor restarts it", transient: true }),
+};
+
 function stageProblem(name, info) {
   const state = info && typeof info.state === "string" ? info.state : "unknown";
   const label = name.toUpperCase();
-  if (state === "ready" || state === "busy") return null;
-  if (state === "loading") return { text: label + " is loading its model", transient: true };
-  if (state === "draining") return { text: label + " is restarting", transient: true };
-  if (state === "down") return { text: label + " is down; supervisor restarts it", transient: true };
-  if (state === "stuck") return { text: label + " is not answering", transient: false };
-  if (state === "failed") return { text: label + " could not start" + (info.error ? ": " + info.error : ""), transient: false };
-  return { text: label + " is " + state, transient: false };
+  if (STAGE_STATES.indexOf(state) < 0) return { text: label + " is " + state, transient: false };
+  const problem = STAGE_PROBLEMS[state];
+  return problem ? problem(label, info) : null;
 }
 
 /** The banner's text while any stage is not ready ("" when all are). */

@@ -4,6 +4,7 @@
  * (GET /stream/{id}: transcript, chunk (WAV, base64), done, error).
  */
 import { MIC_CONSTRAINTS } from "./capture.js";
+import { SSE_EVENTS } from "./contract.js";
 import { apiFetch, errorFromBody, readJson } from "./http.js";
 
 // preferred recording formats, best first; the gateway decodes with ffmpeg
@@ -100,15 +101,15 @@ export function openReplyStream(sessionId, handlers) {
   const parse = (ev) => {
     try { return JSON.parse(ev.data); } catch (_) { return null; }
   };
-  es.addEventListener("transcript", (ev) => {
+  es.addEventListener(SSE_EVENTS.TRANSCRIPT, (ev) => {
     gotEvent = true;
     const data = parse(ev);
     handlers.onTranscript(data && typeof data.text === "string" ? data.text.trim() : "");
   });
-  es.addEventListener("chunk", (ev) => { gotEvent = true; handlers.onChunk(parse(ev)); });
-  es.addEventListener("done", (ev) => { es.close(); handlers.onDone(parse(ev) || {}); });
+  es.addEventListener(SSE_EVENTS.CHUNK, (ev) => { gotEvent = true; handlers.onChunk(parse(ev)); });
+  es.addEventListener(SSE_EVENTS.DONE, (ev) => { es.close(); handlers.onDone(parse(ev) || {}); });
   // "error" is both the server's event (it has data) and EventSource's own (it has none)
-  es.addEventListener("error", (ev) => {
+  es.addEventListener(SSE_EVENTS.ERROR, (ev) => {
     es.close();
     if (typeof ev.data === "string") {
       const data = parse(ev);
