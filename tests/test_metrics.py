@@ -216,7 +216,9 @@ def test_a_worker_serves_its_metrics_on_its_own_port():
             tts(w, "parts=2", turn=2)
             done = w.bus.wait_for(lambda m: isinstance(m, TtsDone) and m.turn == 2)
             w.bus.send_raw("tts", [b"\xc1garbage"])
-            m = scrape_until(port, lambda m: value(m, "s2s_worker_malformed_frames_total") == 1)
+            # the done goes out before the compute thread marks itself idle: wait for that too
+            m = scrape_until(port, lambda m: value(m, "s2s_worker_malformed_frames_total") == 1
+                             and value(m, "s2s_worker_busy") == 0)
         finally:
             w.stop()
     labels = {"stage": "tts", "instance": done.instance}
