@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 CHROMIUM = os.environ.get("S2S_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 # taken on the real models by scripts/screenshots.py: a test's copy stays in its temp dir
-REAL_MODEL_SHOTS = {"idle", "listening", "speaking", "phone", "hands-free", "hearing"}
+REAL_MODEL_SHOTS = {"idle", "listening", "speaking", "phone", "hands-free"}
 UPDATE_SCREENSHOTS = os.environ.get("S2S_UPDATE_SCREENSHOTS") == "1"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
