@@ -11,8 +11,10 @@ that: having checked that one turn of history changes the reply, a reply equal t
 a fresh conversation proves that the conversation it was asked in had no history.
 
 Screenshots of the idle, listening, speaking and error states (and the phone layout) are taken
-on every run; they are written to docs/screenshots/ where one is missing or with
-S2S_UPDATE_SCREENSHOTS=1, otherwise into a temp dir so a test run leaves the checkout unchanged.
+on every run; the error state's is written to docs/screenshots/ where it is missing or with
+S2S_UPDATE_SCREENSHOTS=1, the others (and any, otherwise) into a temp dir so a test run leaves
+the checkout unchanged: the README's pictures of a conversation are of the real models, taken by
+scripts/screenshots.py, not of the tiny ones' nonsense.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 CHROMIUM = os.environ.get("S2S_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+# taken on the real models by scripts/screenshots.py: a test's copy stays in its temp dir
+REAL_MODEL_SHOTS = {"idle", "listening", "speaking", "phone", "hands-free"}
 UPDATE_SCREENSHOTS = os.environ.get("S2S_UPDATE_SCREENSHOTS") == "1"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
@@ -118,7 +122,7 @@ def shots(tmp_path_factory):
 
     def take(page, name: str) -> Path:
         target = SCREENSHOTS / f"{name}.png"
-        if UPDATE_SCREENSHOTS or not target.exists():
+        if (UPDATE_SCREENSHOTS or not target.exists()) and name not in REAL_MODEL_SHOTS:
             target.parent.mkdir(parents=True, exist_ok=True)
         else:
             target = tmp / target.name

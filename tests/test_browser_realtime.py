@@ -7,19 +7,17 @@ Chromium's fake microphone plays the WAV from its start when the page opens the 
 the questions come at known offsets from then. The answers are long (32 tokens: several seconds
 of tiny-Kokoro audio in two chunks or more). Barge-in has to land in the middle of an answer, past
 the echo guard's first seconds, however long the machine took to start it: there the test speaks
-into a microphone of its own (INJECTED_MIC) at the moment it chooses.
+into a microphone of its own (INJECTED_MIC) at the moment it chooses. The same microphone puts a
+short sound into an answer's first moments, as an echo the canceller has not yet learnt would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import wave
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
 
@@ -160,8 +158,16 @@ def test_hands_free_two_questions_get_two_answers_with_nothing_pressed(playwrigh
         assert not marks(t, "press") and not marks(t, "release")
         sent = [s[1] for s in t.js("() => s2s.sent")]
         assert sent[0] == "session.update" and "input_audio_buffer.commit" not in sent  # the server found the turns
-        update = t.js("() => s2s.sent[0][2].session")
-        assert update["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+        detection = t.js("() => s2s.sent[0][2].session")["audio"]["input"]["turn_detection"]
+        assert detection == {"type": "semantic_vad", "eagerness": "auto", "create_response": False,
+                             "interrupt_response": False}  # the page decides what is answered
+        assert sent.count("response.create") == len(marks(t, "response")) >= 1 + (not first["note"])
+        # while hearing, the words as they are recognised; then the final transcript
+        shown = {m["sessionId"]: m["at"] for m in marks(t, "transcript")}
+        partials = [m for m in marks(t, "partial") if m["at"] < shown.get(m["sessionId"], 0)]
+        assert partials, t.js("() => s2s.marks")
+        # the latency shown is counted from the end of speech: before the transcript, then the audio
+        assert 0 < second["latency"]["transcript"] < second["latency"]["first_audio"], second
 
 
 def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_what_was_heard(
@@ -206,50 +212,55 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
         played_ms = truncate[0]["audio_end_ms"]
         assert abs(played_ms - sum(c["endedAt"] - c["startedAt"] for c in heard)) < 60, (played_ms, heard)
         # ... less than it had received, the server took it (conversation.item.truncated) before
-        # the second answer started, and that answer is the one a conversation truncated there
-        # gives: the same conversation replayed on a socket of its own
-        # (the tiny model's reply does not change with the length of the first answer, so this
-        # cannot tell a truncated context from a whole one: the server's tests check that part)
+        # the second answer started ...
         assert played_ms < sum(c["duration"] for c in chunks) - 100, (played_ms, chunks)
         truncated = marks(t, "truncated")
         answered = t.js("id => s2s.chunks.find(c => c.sessionId === id).arrivedAt", t.js("() => s2s.sessionId"))
         assert len(truncated) == 1 and truncated[0]["at"] < answered, (truncated, answered)
-        persona = t.js("() => document.getElementById('persona').value")
-        replay = replayed(product.url, persona, first["user"], second["user"], played_ms)
-        assert second["reply"].strip() == replay, (second, replay)
+        # ... and what the next answer reads of the first one, the server's own record of it, is
+        # the words heard: a beginning of what was delivered, not all of it (the tiny model's
+        # replies are nonsense either way, so the record is checked, not the reply)
+        delivered = " ".join(c["text"] for c in chunks).split()
+        item = t.js("id => s2s.retrieveItem(id)", truncate[0]["item_id"])
+        kept = item["content"][0]["transcript"].split()
+        assert kept == delivered[:len(kept)], (item, delivered)
+        assert 0 < len(kept) < len(delivered), (kept, delivered, played_ms)
 
 
-def replayed(*args) -> str:
-    """replay_second_answer on a thread of its own (Playwright's sync API holds this one's loop)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, replay_second_answer(*args)).result(timeout=300)
-
-
-async def replay_second_answer(url: str, persona: str, first: str, second: str, truncate_ms: int | None) -> str:
-    async with aiohttp.ClientSession() as http, http.ws_connect(url.replace("http", "ws") + "/v1/realtime") as ws:
-        async def until(kind: str) -> dict:
-            async with asyncio.timeout(60):
-                async for msg in ws:
-                    event = json.loads(msg.data)
-                    assert event["type"] != "error", event
-                    if event["type"] == kind:
-                        return event
-
-        async def ask(text: str) -> dict:
-            await ws.send_json({"type": "conversation.item.create", "item": {
-                "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
-            await ws.send_json({"type": "response.create"})
-            return (await until("response.done"))["response"]
-
-        await ws.send_json({"type": "session.update", "session": {
-            "type": "realtime", "persona": persona, "audio": {"input": {"turn_detection": None}}}})
-        await until("session.updated")
-        answer = await ask(first)
-        if truncate_ms is not None:
-            await ws.send_json({"type": "conversation.item.truncate", "item_id": answer["output"][0]["id"],
-                                "content_index": 0, "audio_end_ms": truncate_ms})
-            await until("conversation.item.truncated")
-        return (await ask(second))["output"][0]["content"][0]["transcript"].strip()
+def test_echo_in_an_answers_first_moments_is_not_answered_and_speech_after_it_is(playwright, product, tmp_path):
+    """A short sound while an answer starts (its echo, before the canceller adapts) is rejected:
+    it interrupts nothing, its item is deleted, no answer is asked or given for it. A question
+    after the answer is answered."""
+    clips = [base64.b64encode(conversation_wav(tmp_path / f"{i}.wav", [text, 0.5]).read_bytes()).decode()
+             for i, text in enumerate(["What is the capital of France?", "Stop.", "And what about Spain?"])]
+    silence = conversation_wav(tmp_path / "silence.wav", [1.0])
+    with Conversation(playwright, product, silence, INJECTED_MIC % json.dumps(clips)) as t:
+        listening(t)
+        t.js("() => s2sTestMic.say(0)")
+        # the moment the answer's audio starts, a short sound (the page polls for it itself)
+        t.js("""() => new Promise(resolve => { const poll = setInterval(() => {
+                    if (s2s.chunks.some(c => c.startedAt !== null)) { clearInterval(poll); resolve(s2sTestMic.say(1)); }
+                }, 5); })""")
+        t.wait("() => s2s.marks.some(m => m.name === 'deleted' || m.name === 'interrupted')", TURN_MS)
+        assert marks(t, "deleted") and not marks(t, "interrupted"), t.js("() => [s2s.marks, s2s.sent]")
+        t.wait("() => s2s.marks.some(m => m.name === 'done') && s2s.state === 'listening'", TURN_MS)  # heard out
+        t.js("() => s2sTestMic.say(2)")
+        t.wait("() => s2s.marks.filter(m => m.name === 'done').length >= 2 && s2s.state === 'listening'", TURN_MS)
+        (ignored,) = marks(t, "ignored")
+        (deleted,) = marks(t, "deleted")
+        assert deleted["sessionId"] == ignored["sessionId"]
+        sent = t.js("() => s2s.sent")
+        assert [s[2]["item_id"] for s in sent if s[1] == "conversation.item.delete"] == [ignored["sessionId"]]
+        assert not marks(t, "interrupted") and not [s for s in sent if s[1] in ("response.cancel",
+                                                                                 "conversation.item.truncate")]
+        # two answers, each one the page asked for, each of a turn it shows: none for the echo
+        responses = marks(t, "response")
+        assert len(responses) == 2 and all(r["sessionId"] for r in responses), responses
+        assert ignored["sessionId"] not in {r["sessionId"] for r in responses}
+        assert [s[1] for s in sent].count("response.create") == 2
+        turns = answers(t)
+        assert len(turns) == 2 and not any(turn["note"] for turn in turns), turns
+        assert all(turn["user"].strip() and turn["reply"].strip() for turn in turns), turns
 
 
 def test_a_silent_microphone_never_interrupts_a_long_answer_and_its_chunks_play_without_gaps(

@@ -198,6 +198,9 @@ async def test_truncate_changes_what_the_next_answer_knows(make_client, stages):
         await connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=150)
         truncated = await until(connection, "conversation.item.truncated")
         assert (truncated.item_id, truncated.audio_end_ms) == (item_id, 150)
+        await connection.conversation.item.retrieve(item_id=item_id)  # the server's record of it
+        retrieved = await until(connection, "conversation.item.retrieved")
+        assert retrieved.item.id == item_id and retrieved.item.content[0].transcript == FIRST_SENTENCE + " It is"
         await type_and_ask(connection, "What did you say?")
     heard = stages.llm_requests[-1].history[1]
     assert (heard.role, heard.content) == ("assistant", FIRST_SENTENCE + " It is")
@@ -230,7 +233,9 @@ def append(pcm: bytes) -> dict:
     ("{not json", "invalid_json"),
     ("[1, 2]", "invalid_event"),
     (json.dumps({"type": "response.explode", "event_id": "e1"}), "unknown_event"),
-    (json.dumps({"type": "conversation.item.delete", "item_id": "x"}), "unsupported_event"),
+    (json.dumps({"type": "output_audio_buffer.clear"}), "unsupported_event"),
+    (json.dumps({"type": "conversation.item.delete", "item_id": "x"}), "item_not_found"),
+    (json.dumps({"type": "conversation.item.retrieve", "item_id": "x"}), "item_not_found"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "@@not base64@@"}), "invalid_base64"),
     (json.dumps(append(b"\x00\x01\x02")), "invalid_audio_format"),
     (json.dumps(append(b"RIFF\x24\x00\x00\x00WAVEfmt ")), "invalid_audio_format"),
@@ -472,3 +477,36 @@ async def test_silence_between_turns_never_fills_the_buffer(make_client, stages,
         await until(connection, "response.done", seen)
     assert "error" not in [e.type for e in seen]
     assert started.audio_start_ms > 12_000  # positions still count every appended sample
+
+
+
+
+async def test_a_deleted_item_is_neither_answered_nor_remembered(make_client, stages, question_pcm):
+    """What a client rejects (its echo guard: the assistant's own voice) leaves the conversation:
+    deleted while its transcript is still coming, it is never published, answered or read by the LLM."""
+    pcm, _, _ = question_pcm
+    stages.silent.add("asr")  # the transcript comes only once the item is deleted
+    async with realtime_session(make_client) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "create_response": True, "interrupt_response": False}}}})
+        await until(connection, "session.updated")
+        seen: list = []
+        await stream(connection, pcm)
+        committed = await until(connection, "input_audio_buffer.committed", seen)
+        await connection.conversation.item.delete(item_id=committed.item_id)
+        deleted = await until(connection, "conversation.item.deleted", seen)
+        assert deleted.item_id == committed.item_id
+        await connection.conversation.item.retrieve(item_id=committed.item_id)
+        assert (await until(connection, "error", seen)).error.code == "item_not_found"
+        stages.silent.discard("asr")
+        stages.answer_held.set()
+        await connection.conversation.item.create(item={"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "Hello there."}]})
+        # response.create waits for the transcript still coming: what the deleted item did, it did by now
+        await connection.response.create()
+        done = await until(connection, "response.done", seen)
+        assert done.response.status == "completed"
+    kinds = [e.type for e in seen]
+    assert "conversation.item.input_audio_transcription.completed" not in kinds, kinds
+    assert kinds.count("response.created") == 1, kinds  # the typed question's only
+    assert [(m.role, m.content) for m in stages.llm_requests[-1].history] == [("user", "Hello there.")]

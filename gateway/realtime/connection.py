@@ -234,6 +234,27 @@ class Connection:
         await self.send({"type": "conversation.item.truncated", "item_id": item.id, "content_index": 0,
                          "audio_end_ms": end_ms})
 
+    def find_item(self, event: dict) -> Item:
+        item_id = event.get("item_id")
+        item = next((i for i in self.items if i.id == item_id), None)
+        if item is None:
+            raise ClientError(f"No item {item_id!r} in the conversation.", code="item_not_found", param="item_id")
+        return item
+
+    async def on_conversation_item_delete(self, event: dict) -> None:
+        """The item leaves the conversation (and so what the LLM reads); one still being
+        transcribed is dropped when its transcript comes, one being spoken needs a cancel first."""
+        item = self.find_item(event)
+        if self.response is not None and self.response.item.id == item.id:
+            raise ClientError("That item is still being spoken: cancel the response first.",
+                              code="item_in_progress", param="item_id")
+        self.items.remove(item)
+        self.partials.pop(item.id, None)
+        await self.send({"type": "conversation.item.deleted", "item_id": item.id})
+
+    async def on_conversation_item_retrieve(self, event: dict) -> None:
+        await self.send({"type": "conversation.item.retrieved", "item": self.find_item(event).as_dict()})
+
     async def on_response_create(self, event: dict) -> None:
         if self.response is not None:
             raise ClientError("A response is in progress: wait for response.done or cancel it.",
@@ -428,6 +449,8 @@ class Connection:
         await announced.wait()  # its transcript follows the item's conversation.item.added
         if before is not None:
             await asyncio.wait([before])  # items are published in the order they were spoken
+        if item not in self.items:
+            return  # deleted meanwhile (conversation.item.delete): nothing to publish or answer
         item.text, item.transcribed = text, True
         self.partials.pop(item.id, None)
         if problem is None:

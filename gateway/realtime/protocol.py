@@ -15,12 +15,12 @@ PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE}
 
 CLIENT_EVENTS = frozenset({
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear",
-    "conversation.item.create", "conversation.item.truncate", "response.create", "response.cancel",
+    "conversation.item.create", "conversation.item.truncate", "conversation.item.delete",
+    "conversation.item.retrieve", "response.create", "response.cancel",
 })
 # Client events of the protocol that s2s does not implement: answered with an error naming them.
 NOT_SUPPORTED = frozenset({
-    "conversation.item.delete", "conversation.item.retrieve", "output_audio_buffer.clear",
-    "transcription_session.update",
+    "output_audio_buffer.clear", "transcription_session.update",
 })
 
 

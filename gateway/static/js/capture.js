@@ -66,6 +66,12 @@ export class Capture {
     this.onFrame(data.pcm);
   }
 
+  /** Whether the last `ms` of audio captured were all quieter than speech. */
+  quietFor(ms) {
+    const recent = this.frames.filter((f) => f.endMs > this.sentMs - ms);
+    return recent.length > 0 && recent.every((f) => f.peak < QUIET_PEAK);
+  }
+
   /**
    * When (performance.now()) the speech before audio position `endMs` ended: the arrival of
    * the last frame louder than QUIET_PEAK before it, or of the frame at `endMs` if none is

@@ -23,12 +23,15 @@ const MODE_KEY = "s2s.mode";
 const PERSONA_KEY = "s2s.persona";
 const HANDS_FREE = "hands-free";
 const PUSH_TO_TALK = "push-to-talk";
-// the server finds the end of each turn; the page decides about interruptions (echo guard below)
-const HANDS_FREE_DETECTION = { type: "semantic_vad", eagerness: "auto", create_response: true, interrupt_response: false };
+// The server finds the end of each turn; the page decides what interrupts an answer and what is
+// answered (echo guard below), so the server does neither by itself.
+const HANDS_FREE_DETECTION = { type: "semantic_vad", eagerness: "auto", create_response: false, interrupt_response: false };
 // Echo guard: in the first HOLD_OFF_MS of an answer the browser's echo canceller is still
-// adapting, so speech then must go on for CONFIRM_MS before it interrupts; later it interrupts at once.
+// adapting, so speech then must go on for CONFIRM_MS before it interrupts; later it interrupts at
+// once. Speech the guard rejects is deleted from the conversation: never answered, never read.
 const HOLD_OFF_MS = 2000;
 const CONFIRM_MS = 600;
+const QUIET_MS = 150;              // a pause within speech is shorter than this
 const MIN_RECORDING_MS = 300;      // shorter presses are almost always accidental
 const MAX_RECORDING_MS = 60000;    // a stuck press ends by itself
 const DEBUG_LOG_SIZE = 1000;
@@ -55,6 +58,9 @@ const app = {
   turn: null,                    // the latest turn
   turns: {},                     // realtime: user item id -> turn
   bargeIn: null,                 // an interruption waiting for more speech (echo guard)
+  rejected: new Set(),           // item ids of speech the echo guard rejected, to delete once committed
+  asked: null,                   // the turn whose response.create awaits response.created
+  nextAsk: null,                 // a turn to ask for once the response in progress is done
   turnSeq: 0,
   personas: [], configFromServer: false, userPickedPersona: false,
   error: null,                   // {message, kind} while an error shows
@@ -67,8 +73,10 @@ const app = {
 //   chunks: each audio chunk received: {sessionId, index, bytes, live, arrivedAt, duration,
 //           startedAt, endedAt, gap, stopped} (player.js fills in the playback times);
 //   marks:  {name, at, sessionId}: press, release, upload, speech_started, speech_stopped,
-//           transcript, done, error, stop, interrupted, ignored (a short sound in an
-//           answer's first seconds), truncated (the server cut an answer to what was heard);
+//           partial (a partial transcript shown), transcript, response (response.created),
+//           done, error, stop, interrupted, ignored (a short sound in an answer's first
+//           seconds), deleted (the server dropped an ignored item), truncated (the server cut
+//           an answer to what was heard);
 //   sent:   [at, type, fields] of each realtime command but audio.
 const debug = {
   chunks: [], marks: [], sent: [],
@@ -77,6 +85,8 @@ const debug = {
   get sessionId() { return app.turn ? app.turn.key : null; },
   get phase() { return app.client ? app.client.phase : "closed"; },
   outputLevel() { return outputLevel(); },
+  // the server's record of an item, as the next answer reads it
+  retrieveItem(itemId) { return app.client ? app.client.retrieve(itemId) : Promise.resolve(null); },
 };
 window.s2s = debug;
 
@@ -300,10 +310,29 @@ function cutAnswer(turn, note, kind) {
     turn.truncateMs = heardMs === null ? delivered : Math.min(heardMs, delivered);
     if (!turn.answering) sendTruncate(turn);                   // else once it is done (below)
   }
-  if (app.client && turn.answering) app.client.cancelResponse();
+  if (app.nextAsk === turn) { app.nextAsk = null; turn.answering = false; }
+  if (app.client && turn.answering && turn.responseId === app.client.responseId) app.client.cancelResponse();
   view.setNote(turn.view, note, kind);
   turn.stopped = true;
   endTurn(turn);
+}
+
+// The turn is answered: now, or once the response in progress (one being cancelled) is done.
+function askForAnswer(turn) {
+  turn.answering = true;
+  if (app.client.responseId || app.asked) {
+    app.nextAsk = turn;
+    return;
+  }
+  app.asked = turn;
+  app.client.createResponse();
+}
+
+function askNext() {
+  const turn = app.nextAsk;
+  if (!turn || !app.client || app.client.responseId || app.asked) return;
+  app.nextAsk = null;
+  if (!turn.stopped) askForAnswer(turn);
 }
 
 function sendTruncate(turn) {
@@ -315,6 +344,8 @@ function sendTruncate(turn) {
 // Speech started while an answer is due or playing: interrupt it (true), unless it may be the
 // answer's own echo (its first HOLD_OFF_MS): then only if the speech goes on for CONFIRM_MS, and
 // the speech gets a turn of its own then (false now). Speech that stops sooner shows no turn.
+// "Goes on" is judged on the microphone here: quiet at CONFIRM_MS, it has most likely stopped and
+// the server's speech_stopped (after its silence wait) is still coming, so the page waits for it.
 function onSpeechDuringAnswer(turn, itemId) {
   const since = turn.firstAudioAt === null ? 0 : performance.now() - turn.firstAudioAt;
   const interrupt = () => {
@@ -325,14 +356,19 @@ function onSpeechDuringAnswer(turn, itemId) {
     interrupt();
     return true;
   }
-  app.bargeIn = { itemId, timer: setTimeout(() => {
+  const confirm = () => {
+    if (app.capture && app.capture.quietFor(QUIET_MS)) {
+      app.bargeIn.timer = setTimeout(confirm, QUIET_MS);
+      return;
+    }
     app.bargeIn = null;
     if (app.client && app.client.phase === "hearing" && !app.turns[itemId]) {
       interrupt();
       newTurn(itemId);
       render();
     }
-  }, CONFIRM_MS) };
+  };
+  app.bargeIn = { itemId, timer: setTimeout(confirm, CONFIRM_MS) };
   return false;
 }
 
@@ -367,10 +403,34 @@ function closeClient() {
   app.client = null;
   app.clientReady = null;
   app.turns = {};
+  app.rejected.clear();
+  app.asked = app.nextAsk = null;
 }
 
 function turnOfResponse(responseId) {
   return Object.values(app.turns).find((t) => t.responseId === responseId) || null;
+}
+
+// A response is over: what it said stays shown, its truncation (if cut) goes to the server.
+function answerDone(turn, itemId, status, details) {
+  turn.answering = false;
+  turn.answerItemId = turn.answerItemId || itemId;
+  if (status === "completed") mark("done", turn.key);
+  if (turn.truncateMs !== null && status !== "failed") sendTruncate(turn);
+  if (status === "failed") {
+    const error = (details && details.error) || {};
+    const stage = error.code && error.code !== "gateway" ? error.code.toUpperCase() + ": " : "";
+    view.setNote(turn.view, stage + (error.message || "The assistant failed."), "error");
+    showError(stage + (error.message || "The assistant failed."));
+  }
+  if (turn.pendingText && !turn.stopped) {                   // words with no audio of their own
+    turn.shownText = joinWords(turn.shownText, turn.pendingText);
+    turn.pendingText = "";
+    view.setText(turn.view.replyText, turn.shownText);
+  }
+  if (turn.firstAudioAt !== null) showLatency(turn);
+  if (app.voice && turn.firstAudioAt !== null) view.setSpokenVoice(turn.view, app.voice);  // the session's voice
+  endTurn(turn);
 }
 
 const realtimeHandlers = {
@@ -390,12 +450,14 @@ const realtimeHandlers = {
       clearTimeout(app.bargeIn.timer);
       app.bargeIn = null;
       mark("ignored", itemId);
+      app.rejected.add(itemId);                              // deleted once committed (next)
     }
     const turn = app.turns[itemId];
     if (turn && app.capture) turn.speechEndAt = app.capture.speechEndBefore(audioEndMs);
   },
 
   onCommitted({ itemId }) {
+    if (app.rejected.delete(itemId)) return app.client.deleteItem(itemId);
     const turn = app.turn;
     if (!app.turns[itemId] && turn && !turn.key) {          // push-to-talk: the press's turn
       turn.key = itemId;
@@ -406,7 +468,9 @@ const realtimeHandlers = {
 
   onPartial({ itemId, text }) {
     const turn = app.turns[itemId];
-    if (turn && text.trim()) view.setText(turn.view.userText, text.trim(), true);
+    if (!turn || !text.trim() || turn.transcriptAt !== null) return;
+    mark("partial", itemId);
+    view.setText(turn.view.userText, text.trim(), true);
   },
 
   onTranscript({ itemId, text, error }) {
@@ -425,15 +489,19 @@ const realtimeHandlers = {
       return;
     }
     view.setText(turn.view.userText, text || "(nothing heard)");
-    if (!text) { endTurn(turn); return; }
-    if (app.mode === PUSH_TO_TALK && !turn.stopped) app.client.createResponse();
+    if (!text || turn.stopped) { endTurn(turn); return; }
+    // speaking again already: that turn, when it ends, is answered with this one in its history
+    if (app.mode === HANDS_FREE && app.client.phase === "hearing" && turn !== app.turn) { endTurn(turn); return; }
+    askForAnswer(turn);
   },
 
   onResponseStarted({ responseId }) {
-    const turn = app.turn;
-    if (!turn || turn.responseId || turn.stopped || !turn.key) return;
+    const turn = app.asked;
+    app.asked = null;
+    mark("response", turn ? turn.key : null);
+    if (!turn) return;
     turn.responseId = responseId;
-    turn.answering = true;
+    if (turn.stopped) app.client.cancelResponse();           // cut before its answer began
     render();
   },
 
@@ -453,33 +521,24 @@ const realtimeHandlers = {
 
   onResponseDone({ responseId, itemId, status, details }) {
     const turn = turnOfResponse(responseId);
-    if (!turn) return;
-    turn.answering = false;
-    turn.answerItemId = turn.answerItemId || itemId;
-    if (status === "completed") mark("done", turn.key);
-    if (turn.truncateMs !== null && status !== "failed") sendTruncate(turn);
-    if (status === "failed") {
-      const error = (details && details.error) || {};
-      const stage = error.code && error.code !== "gateway" ? error.code.toUpperCase() + ": " : "";
-      view.setNote(turn.view, stage + (error.message || "The assistant failed."), "error");
-      showError(stage + (error.message || "The assistant failed."));
-    }
-    if (turn.pendingText && !turn.stopped) {                   // words with no audio of their own
-      turn.shownText = joinWords(turn.shownText, turn.pendingText);
-      turn.pendingText = "";
-      view.setText(turn.view.replyText, turn.shownText);
-    }
-    if (turn.firstAudioAt !== null) showLatency(turn);
-    if (app.voice && turn.firstAudioAt !== null) view.setSpokenVoice(turn.view, app.voice);  // the session's voice
-    endTurn(turn);
+    if (turn) answerDone(turn, itemId, status, details);
+    askNext();
   },
 
   onTruncated({ itemId }) {
     mark("truncated", itemId);
   },
 
+  onDeleted({ itemId }) {
+    mark("deleted", itemId);
+  },
+
   onError(error) {
     console.warn("s2s realtime:", error.code, error.message);
+    if (error.code === "conversation_already_has_active_response" && app.asked) {
+      app.nextAsk = app.nextAsk || app.asked;                  // asked again once that one is done
+      app.asked = null;
+    }
     if (error.code === "idle_timeout" || error.code === "shutting_down" || error.code === "too_many_sessions") {
       showError(error.message, "gateway");
     }

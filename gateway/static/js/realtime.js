@@ -8,8 +8,11 @@
  *       +--------------------- response.done (or an empty / failed transcript) ------------+
  *
  * Speech that starts while answering moves to `hearing` at once: the page decides whether that
- * interrupts the answer (main.js), the server does not (interrupt_response is off).
+ * interrupts the answer, and whether a turn is answered (main.js: its echo guard); the server
+ * neither interrupts nor answers by itself (interrupt_response and create_response are off).
  */
+const RETRIEVE = "retrieve_";       // event_id prefix of conversation.item.retrieve
+
 export class RealtimeClient {
   constructor(handlers) {
     this.h = handlers;
@@ -19,6 +22,7 @@ export class RealtimeClient {
     this.answerItem = {};          // response id -> its assistant item id
     this.partials = {};            // user item id -> partial transcript so far
     this.sent = [];                // [performance.now(), type, fields] of every command but audio (tests read it)
+    this.retrieving = {};          // item id -> resolvers waiting for conversation.item.retrieved
   }
 
   setPhase(phase) {
@@ -81,6 +85,23 @@ export class RealtimeClient {
     return this.send("conversation.item.truncate", { item_id: itemId, content_index: 0, audio_end_ms: audioEndMs });
   }
 
+  deleteItem(itemId) { return this.send("conversation.item.delete", { item_id: itemId }); }
+
+  /** The server's record of an item (what the next answer reads), or null if it has none. */
+  retrieve(itemId) {
+    return new Promise((resolve) => {
+      (this.retrieving[itemId] = this.retrieving[itemId] || []).push(resolve);
+      // the event id names the item, so an item_not_found error settles the right wait
+      const sent = this.send("conversation.item.retrieve", { item_id: itemId, event_id: RETRIEVE + itemId });
+      if (!sent) this.settleRetrieve(itemId, null);
+    });
+  }
+
+  settleRetrieve(itemId, item) {
+    (this.retrieving[itemId] || []).forEach((resolve) => resolve(item));
+    delete this.retrieving[itemId];
+  }
+
   close() {
     if (!this.ws) return;
     this.closing = this.ws;
@@ -140,9 +161,19 @@ export class RealtimeClient {
       case "conversation.item.truncated":
         h.onTruncated({ itemId: ev.item_id, audioEndMs: ev.audio_end_ms });
         break;
-      case "error":
-        h.onError(ev.error || {});
+      case "conversation.item.deleted":
+        h.onDeleted({ itemId: ev.item_id });
         break;
+      case "conversation.item.retrieved":
+        this.settleRetrieve(ev.item.id, ev.item);
+        break;
+      case "error": {
+        const error = ev.error || {};
+        const id = error.event_id || "";
+        if (id.startsWith(RETRIEVE)) this.settleRetrieve(id.slice(RETRIEVE.length), null);
+        h.onError(error);
+        break;
+      }
       default:
         break;                                 // session.updated, item added/done, truncated...
     }
