@@ -173,7 +173,7 @@ def test_hands_free_two_questions_get_two_answers_with_nothing_pressed(playwrigh
 def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_what_was_heard(
         playwright, product, tmp_path):
     clips = [base64.b64encode(conversation_wav(tmp_path / f"{i}.wav", [text, 0.5]).read_bytes()).decode()
-             for i, text in enumerate(["What is the capital of France?", "Wait, tell me about Spain instead."])]
+             for i, text in enumerate(["What is the capital of France?", "Tell me about Spain instead."])]
     silence = conversation_wav(tmp_path / "silence.wav", [1.0])
     with Conversation(playwright, product, silence, INJECTED_MIC % json.dumps(clips)) as t:
         listening(t)
@@ -204,7 +204,7 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
         # (the analyser sees audio a few ms before the output clock says it is heard)
         loud = [at for at, level in levels if level > 0 and started["at"] + BARGE_IN_STOP_MS < at < next_start - 100]
         assert not loud, (loud[0] - started["at"], next_start - started["at"], len(loud), chunks)
-        assert first["note"] == "Interrupted." and not second["note"], (first, second)
+        assert first["note"] == "Interrupted." and not second["note"], (answers(t), [m["name"] for m in t.js("() => s2s.marks")])
 
         # the page told the server how much was played ...
         truncate = [s[2] for s in t.js("() => s2s.sent") if s[1] == "conversation.item.truncate"]
