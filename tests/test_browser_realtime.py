@@ -137,6 +137,20 @@ def listening(t: Tab) -> None:
     assert t.js("() => document.getElementById('persona').value") == "astronaut"  # remembered
 
 
+# a microphone that opens only when the test lets it, as when the browser takes its time
+SLOW_MIC = """(() => {
+  const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  let letOpen;
+  const allowed = new Promise((resolve) => { letOpen = resolve; });
+  window.s2sTestMic = { asked: false, open: () => letOpen() };
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    s2sTestMic.asked = true;
+    await allowed;
+    return open(constraints);
+  };
+})();"""
+
+
 def test_hands_free_two_questions_get_two_answers_with_nothing_pressed(playwright, product, shots, tmp_path):
     wav = conversation_wav(tmp_path / "two.wav", ["What is the capital of France?", 4.0,
                                                   "And what is the capital of Spain?", 120.0])
@@ -266,8 +280,13 @@ def test_echo_in_an_answers_first_moments_is_not_answered_and_speech_after_it_is
 def test_a_silent_microphone_never_interrupts_a_long_answer_and_its_chunks_play_without_gaps(
         playwright, product, tmp_path):
     wav = conversation_wav(tmp_path / "one.wav", ["What is the capital of France?", 120.0])
-    with Conversation(playwright, product, wav) as t:
+    with Conversation(playwright, product, wav, SLOW_MIC) as t:
+        t.wait("() => window.s2sTestMic.asked", 30_000)
+        # words said before the microphone opens would be lost: the page must not invite them
+        assert t.js("() => s2s.state") == "idle" and t.status() == "Opening the microphone…", t.status()
+        t.js("() => s2sTestMic.open()")
         listening(t)
+        assert t.status() == "Listening… just talk."
         t.wait("() => s2s.marks.some(m => m.name === 'done')", TURN_MS)
         t.wait("() => s2s.state === 'listening'", TURN_MS)  # played to its end
         (turn,) = answers(t)

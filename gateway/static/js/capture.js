@@ -57,6 +57,9 @@ export class Capture {
     return true;
   }
 
+  /** Whether the microphone is open and its frames flow to onFrame. */
+  get live() { return !!this.stream && !this.stopped; }
+
   frame(data) {
     if (this.stopped) return;
     const ms = (data.pcm.byteLength / 2) * 1000 / SAMPLE_RATE;

@@ -150,12 +150,14 @@ function currentState() {
   if (app.player && app.player.busy()) return "speaking";
   if (app.client && app.client.phase === "hearing" && app.listening) return "hearing";
   if (turn && !turn.ended) return "thinking";
-  if (app.listening) return "listening";
+  // "listening" only once the microphone is live: words said before that would be lost
+  if (app.listening) return app.capture && app.capture.live ? "listening" : "idle";
   return "idle";
 }
 
 const STATUS = {
-  idle: () => app.mode === HANDS_FREE ? "Ready. Press the button (or Space) to start listening."
+  idle: () => app.listening ? "Opening the microphone…"
+    : app.mode === HANDS_FREE ? "Ready. Press the button (or Space) to start listening."
                                        : "Ready. Hold the button or the Space bar to talk.",
   listening: () => app.press ? "Listening… release to send." : "Listening… just talk.",
   hearing: () => "Hearing you…",
