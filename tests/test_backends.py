@@ -234,30 +234,46 @@ def test_tts_bad_model_raises_config_error(tmp_path, tiny_kokoro):
         backend.load()
 
 
+def prompt_ids(llm, messages: list[dict]) -> list[int]:
+    prompt = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return llm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 @pytest.mark.timeout(60)
-def test_llm_prefills_the_system_prompt_once_with_identical_output(llm, monkeypatch):
-    prefill = []
+def test_llm_reads_a_system_prompt_once_and_a_conversation_only_where_it_grew(llm, monkeypatch):
+    prefills = []  # tokens read by each forward pass that reads more than one (decode steps read one)
 
-    def first_forward(module, args, kwargs):
-        if not prefill:
-            prefill.append(kwargs["input_ids"].shape[1])
+    def record(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills.append(kwargs["input_ids"].shape[1])
 
-    reference = "".join(llm.stream(MESSAGES, max_new_tokens=40))  # builds the system prompt's cache
-    hook = llm.model.register_forward_pre_hook(first_forward, with_kwargs=True)
+    # a persona no other test uses: nothing of this conversation is cached yet
+    first = [{"role": "system", "content": "You are a patient guide to the night sky."}, MESSAGES[1]]
+    system = llm.tokenizer.apply_chat_template(first[:1], tokenize=False)
+    system_len = len(llm.tokenizer(system, add_special_tokens=False)["input_ids"])
+    second = [*first, {"role": "assistant", "content": "I am well, thank you."},
+              {"role": "user", "content": "What can I see tonight?"}]
+    first_ids, second_ids = prompt_ids(llm, first), prompt_ids(llm, second)
+    assert second_ids[:len(first_ids)] == first_ids  # the next turn's prompt extends the last one
+
+    hook = llm.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        hits = llm.prefix_hits
-        cached = "".join(llm.stream(MESSAGES, max_new_tokens=40))
+        hits = llm.prompts.hits if llm.prompts else 0
+        "".join(llm.stream(first, max_new_tokens=10))
+        assert prefills == [system_len, len(first_ids) - system_len]  # its system prompt, then the rest
+        prefills.clear()
+        cached = "".join(llm.stream(second, max_new_tokens=40))
+        assert prefills == [len(second_ids) - len(first_ids)]  # only the answer and the new question
+        assert llm.prompts.hits == hits + 2
+        # another conversation of the same persona starts after its system prompt
+        prefills.clear()
+        "".join(llm.stream([first[0], {"role": "user", "content": "Is that star a planet?"}], max_new_tokens=10))
+        assert prefills[0] < len(first_ids) and len(prefills) == 1
     finally:
         hook.remove()
-    prompt = llm.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
-    total = len(llm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    system = llm.tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False)
-    prefix = len(llm.tokenizer(system, add_special_tokens=False)["input_ids"])
-    assert llm.prefix_hits == hits + 1 and 0 < prefix < total
-    assert prefill == [total - prefix]  # only the history and question were prefilled
-    assert cached == reference  # greedy decoding: the cache changes the cost, not the answer
-    monkeypatch.setattr(llm, "_prefix_cache", lambda *args: None)
-    assert "".join(llm.stream(MESSAGES, max_new_tokens=40)) == reference
+    # greedy decoding: the cache changes the cost, not the answer
+    monkeypatch.setattr(llm.prompts, "longest", lambda ids: (0, None))
+    assert "".join(llm.stream(second, max_new_tokens=40)) == cached
     assert not unfinished_replies(llm)
 
 

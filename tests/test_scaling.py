@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from proto import TAKES_REQUESTS
 from tests.audio import spoken_wav
 from tests.fixtures.ct2_writer import scripted_whisper_state, write_ct2_whisper_dir
 from tests.product import running, tiny_env
@@ -61,8 +62,20 @@ async def run_turns(product, wav: bytes, count: int) -> list[Stream]:
     return streams
 
 
+def wait_workers_take_requests(product, stage: str, count: int, timeout_s: float = 120) -> None:
+    """The gateway is ready once one worker of each stage is: a second one may still be loading."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = [w["state"] for w in workers(product, stage).values()]
+        if len(states) == count and all(state in TAKES_REQUESTS for state in states):
+            return
+        assert time.monotonic() < deadline, (stage, states)
+        time.sleep(0.2)
+
+
 def test_requests_spread_over_the_workers_of_a_stage(product, question):
-    assert len(workers(product, "tts")) == 2 and len(workers(product, "llm")) == 2
+    for stage in ("llm", "tts"):
+        wait_workers_take_requests(product, stage, 2)
     streams = asyncio.run(run_turns(product, question.read_bytes(), 4))
     for stream in streams:
         assert_ends_once(stream)

@@ -38,11 +38,10 @@ class TransformersBackend(Backend):
         self.dtype = None
         self.tokenizer = None
         self.model = None
-        # The KV cache of each system prompt (one per persona), computed once: a turn then only
-        # prefills its history and question, which brings its first sentence sooner.
-        self._prefix_caches: dict[str, tuple] = {}  # system prompt text -> (its token ids, its KV cache)
-        self._prefix_lock = threading.Lock()
-        self.prefix_hits = 0
+        # The KV caches of the prompts already read (services/llm/prompt_cache.py): a turn
+        # prefills only what its conversation added since its last one, or after its system prompt.
+        self.prompts = None  # built by load()
+        self._batch_lock = threading.Lock()
         self.max_batch = max_batch
         # Decoding that resists loops, from the model's plan (services/models/resolve.py); None:
         # the model's own generation config decides.
@@ -68,42 +67,29 @@ class TransformersBackend(Backend):
                 "so pre-download the model or point to a local directory)"
             ) from e
         self.model = model.to(self.device).eval()
+        from services.llm.prompt_cache import PromptCache
 
-    def _prefix_cache(self, messages: list[dict], input_ids):
-        """A copy of the cached KV of the leading system message, if the prompt starts with it."""
-        if not messages or messages[0].get("role") != "system":
-            return None
-        text = self.tokenizer.apply_chat_template(messages[:1], tokenize=False)
-        with self._prefix_lock:
-            return self._copy_prefix(text, input_ids)
+        self.prompts = PromptCache()
 
-    def _copy_prefix(self, text: str, input_ids):
-        """Under the lock: the cache of `text` (computed once), copied for one generation."""
-        import copy
-
+    def _cached_start(self, messages: list[dict], input_ids):
+        """(tokens cached, a copy of their KV cache) for the longest start of the prompt read
+        before; a system prompt is read once and kept, as each conversation starts with one."""
         import torch
         from transformers import DynamicCache
 
-        cached = self._prefix_caches.get(text)
-        if cached is None:
-            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+        def prefill(ids):
             with torch.inference_mode():
-                cache = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True).past_key_values
-            cached = (ids, cache)
-            if len(self._prefix_caches) >= 8:
-                self._prefix_caches.pop(next(iter(self._prefix_caches)))
-            self._prefix_caches[text] = cached
-        ids, cache = cached
-        n = ids.shape[1]
-        # Only when the prompt's tokens really begin with the prefix's (and go beyond it).
-        if input_ids.shape[1] <= n or not torch.equal(input_ids[0, :n], ids[0]):
-            return None
-        self.prefix_hits += 1
-        return copy.deepcopy(cache)  # generate() appends to the cache it is given
+                return self.model(input_ids=ids[None], past_key_values=DynamicCache(), use_cache=True).past_key_values
+
+        if messages and messages[0].get("role") == "system":
+            text = self.tokenizer.apply_chat_template(messages[:1], tokenize=False)
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+            self.prompts.ensure(ids[0], prefill)
+        return self.prompts.longest(input_ids[0])
 
     def _batcher(self):
         """The one decode batch every reply of this backend joins (built on first use)."""
-        with self._prefix_lock:
+        with self._batch_lock:
             if self._decode_batch is None:
                 from services.llm.batching import DecodeBatcher
 
@@ -147,8 +133,7 @@ class TransformersBackend(Backend):
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The template already carries any BOS/special tokens.
         input_ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
-        prefix = self._prefix_cache(messages, input_ids)
-        cached = prefix.get_seq_length() if prefix is not None else 0
+        cached, prefix = self._cached_start(messages, input_ids)
         closed, ended = threading.Event(), threading.Event()  # closed: the reader left, or `until` cut
         streamer = PieceStreamer(tok, until=until, cut=closed)
         error: list[BaseException] = []
@@ -167,6 +152,7 @@ class TransformersBackend(Backend):
             should_stop=lambda: closed.is_set() or bool(should_stop()),
             on_token=lambda token: streamer.put(torch.tensor([token])),
             on_end=on_end,
+            on_prefilled=lambda cache: self.prompts.add(input_ids[0], cache),
         )
         self._batcher().submit(reply)
         try:

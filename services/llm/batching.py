@@ -2,8 +2,9 @@
 
 Decoding a small model on a CPU is bound by reading the weights, not by arithmetic: one step for
 four replies costs little more than a step for one. One decode thread therefore runs every active
-reply in one forward pass per token. A new reply is prefilled on its own (from its persona's cached
-system prompt) and joins the batch at the next step; a finished or stopped reply leaves it at once.
+reply in one forward pass per token. A new reply is prefilled on its own (after the longest start
+of its prompt already cached: services/llm/prompt_cache.py) and joins the batch at the next step;
+a finished or stopped reply leaves it at once.
 
 The batch's KV cache is left-padded to a common length; the attention mask hides the padding and
 each row gets its own positions, so a reply decodes the same greedy tokens as it would alone.
@@ -11,6 +12,7 @@ each row gets its own positions, so a reply decodes the same greedy tokens as it
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache, TextIteratorStreamer
+
+log = logging.getLogger("s2s.llm")
 
 
 @dataclass
@@ -31,6 +35,8 @@ class Reply:
     should_stop: Callable[[], bool]
     on_token: Callable[[int], None]
     on_end: Callable[[BaseException | None], None]
+    # given the whole prompt's KV cache once it is prefilled (to keep a copy: it is the batch's next)
+    on_prefilled: Callable[[DynamicCache], None] | None = None
     produced: int = 0
     length: int = 0  # tokens in its cache (real ones, without padding)
     next_token: int = -1
@@ -126,7 +132,12 @@ class DecodeBatcher:
             except BaseException as e:  # a bad prompt ends its own reply, not the batch
                 self._finish(reply, e)
                 continue
-            self._emit(reply, reply.next_token)
+            self._emit(reply, reply.next_token)  # its first token goes out before the copy is made
+            if reply.on_prefilled is not None:
+                try:
+                    reply.on_prefilled(reply.cache)
+                except Exception:  # a cache that is not kept costs the next turn time, not this reply
+                    log.exception("the prompt's KV cache was not kept")
             if reply.ended:
                 continue
             self._join(reply)
