@@ -8,6 +8,7 @@ prompt, the last HISTORY_MESSAGES messages, the question.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -60,6 +61,7 @@ def conversation(backend: TransformersBackend, keep_conversations: bool) -> list
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(int(os.environ.get("S2S_LLM_THREADS", "1")))
     plan = plan_llm(StageSettings("llm", {"S2S_LLM_SOURCE": "registry"}))
     backend = TransformersBackend(**plan.options)

@@ -13,6 +13,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.app import GATEWAY
+from proto import AsrStreamEnd
 from gateway.realtime import REALTIME
 from gateway.realtime.limits import RealtimeSettings
 from tests.gateway_harness import SETTINGS, eventually, wait_ready
@@ -157,6 +158,9 @@ async def test_response_cancel_is_read_while_the_response_waits_for_the_transcri
         assert done.response.output[0].content[0].transcript == ""
         assert "conversation.item.input_audio_transcription.completed" not in [e.type for e in seen]
         assert not stages.llm_requests  # cancelled before the LLM was asked
+        # the utterance's end may reach the ASR after the cancel's answer: released before it came,
+        # it would be held for ever
+        assert await eventually(lambda: any(isinstance(m, AsrStreamEnd) for m, _ in stages.held))
         stages.answer_held.set()  # now the transcript comes, and the socket goes on
         completed = await until(connection, "conversation.item.input_audio_transcription.completed")
         assert completed.item_id == committed.item_id and completed.transcript == stages.transcript
