@@ -224,10 +224,17 @@ class Worker:
         The first outbox frame says whether to retry it while the gateway is not connected:
         lifecycle messages (hello, ready, a load failure, bye) must not be lost to that race.
         """
-        frames = proto.encode(self.stamp(message, reply_to), *payload)
         retry = b"r" if isinstance(message, LIFECYCLE) else b"-"
-        with self._outbox_lock:
+        with self._outbox_lock:  # numbered as queued: the outbox goes out in `seq` order
+            frames = proto.encode(self.stamp(message, reply_to), *payload)
             self._outbox.send_multipart([retry, *frames], copy=False)
+
+    def _send_now(self, message: Envelope, push: zmq.Socket, reply_to: Envelope | None = None) -> None:
+        """On the I/O thread: send at once, after what the other threads queued (and numbered) first."""
+        with self._outbox_lock:
+            while self._outbox_pull.poll(0):
+                self._forward_outbox(push)
+            self._forward(proto.encode(self.stamp(message, reply_to)), push)
 
     # --- the I/O thread ------------------------------------------------------------------------
 
@@ -276,7 +283,7 @@ class Worker:
                 # hello (and the gateway learns the worker from its hello first).
                 if time.monotonic() >= next_beat and not self._retry:
                     next_beat = time.monotonic() + HEARTBEAT_S
-                    self._forward(proto.encode(self.stamp(self._heartbeat())), push)
+                    self._send_now(self._heartbeat(), push)
             # Flush what the main thread queued last (stage.bye, a load failure) before closing.
             while self._outbox_pull.poll(0):
                 self._forward_outbox(push)
@@ -358,7 +365,7 @@ class Worker:
     def _reject(self, request: Envelope, kind: ErrorKind, text: str, push: zmq.Socket) -> None:
         error = StageError(stage=self.stage.name, kind=kind, message=text)
         self.observe.rejected(request, kind, text)
-        self._forward(proto.encode(self.stamp(error, reply_to=request)), push)
+        self._send_now(error, push, reply_to=request)
 
     # --- the main thread -----------------------------------------------------------------------
 
