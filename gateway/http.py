@@ -39,6 +39,23 @@ def retry_later(status: int, message: str) -> web.Response:
     return response
 
 
+async def write_or_abort(request: web.Request, write, timeout_s: float, what: str) -> bool:
+    """Await `write`, a coroutine sending to the client: False if the client left, or stopped reading
+    for timeout_s (the socket's buffers are full); then the connection is aborted, since a message
+    may be half written and nothing more can follow it."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await write
+    except TimeoutError:
+        log.warning("%s's client stopped reading for %g s: closing it", what, timeout_s)
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    except (ConnectionResetError, RuntimeError):
+        return False
+    return True
+
+
 class SseWriter:
     """Server-Sent Events with ids and keep-alive comments; send() is False once the client left,
     or stopped reading: a write that cannot complete within write_timeout_s (the socket's buffers
@@ -59,15 +76,8 @@ class SseWriter:
         return cls(request, response, write_timeout_s)
 
     async def _write(self, text: str) -> bool:
-        try:
-            async with asyncio.timeout(self.write_timeout_s):
-                await self.response.write(text.encode())
-        except TimeoutError:
-            log.warning("a stream's client stopped reading for %g s: closing it", self.write_timeout_s)
-            if self.request.transport is not None:
-                self.request.transport.abort()  # an event may be half written: the stream cannot go on
-            return False
-        except (ConnectionResetError, RuntimeError):
+        if not await write_or_abort(self.request, self.response.write(text.encode()), self.write_timeout_s,
+                                    "a stream"):
             return False
         self.last_write = time.monotonic()
         return True

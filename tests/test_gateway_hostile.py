@@ -208,7 +208,7 @@ async def test_streams_dropped_right_after_opening_release_their_turns(make_clie
 
 ROUTES = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/config"), ("GET", "/api/stages"),
           ("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/stream/x"),
-          ("POST", "/upload"), ("POST", "/api/clear"), ("POST", "/api/cancel/x")]
+          ("POST", "/upload"), ("POST", "/api/clear"), ("POST", "/api/cancel/x"), ("GET", "/v1/realtime")]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)

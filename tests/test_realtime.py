@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -284,7 +285,11 @@ async def test_oversize_messages_and_a_full_buffer(make_client, stages):
     await assert_error(ws, "input_audio_buffer_full")
     await ws.send_bytes(b"\x00\x01")
     await assert_error(ws, "invalid_event")
-    await ws.close()
+    with contextlib.suppress(ConnectionError):  # the gateway hangs up at the frame's header, mid-send
+        await ws.send_str(" " * (client.app[REALTIME].settings.hard_message_bytes + 1))
+    closing = await ws.receive(timeout=10)
+    assert (closing.type.name, closing.data) == ("CLOSE", 1009) or closing.type.name in ("CLOSED", "ERROR")
+    assert await eventually(lambda: not client.app[REALTIME].connections, 10)  # closed, never read whole
 
 
 async def test_too_many_sessions_from_one_client(make_client, stages):
@@ -309,6 +314,40 @@ async def test_idle_timeout(make_client, stages):
     event = await ws.receive_json(timeout=10)
     assert event["type"] == "error" and event["error"]["code"] == "idle_timeout"
     assert (await ws.receive(timeout=10)).type.name in ("CLOSE", "CLOSED")
+
+
+def masked_text_frame(event: dict) -> bytes:
+    """One WebSocket text frame as a client must send it (masked), for a socket the test drives raw."""
+    payload = json.dumps(event).encode()
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    mask = os.urandom(4)
+    return bytes([0x81]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_client_that_stops_reading_is_closed_and_its_turn_released(make_client, stages):
+    from tests.test_gateway_hostile import raw_connection, request_head
+
+    # ~12 MB of transcript deltas: more than the socket buffers of both ends hold
+    stages.sentences = tuple(f"Sentence {i} " + "word " * 12_000 + "end." for i in range(200))
+    client = await make_client(settings(write_timeout_s=1.0))
+    await wait_ready(client)
+    head = request_head(client, "GET", "/v1/realtime", Upgrade="websocket", Connection="Upgrade",
+                        Sec_WebSocket_Version="13", Sec_WebSocket_Key=base64.b64encode(b"0" * 16).decode())
+    reader, writer = await raw_connection(client, head, rcvbuf=4096)
+    try:
+        assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # then it reads no more
+        writer.write(masked_text_frame({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello."}]}}))
+        writer.write(masked_text_frame({"type": "response.create"}))
+        await writer.drain()
+        gateway, hub = client.app[GATEWAY], client.app[REALTIME]
+        assert await eventually(lambda: gateway.live, 10)
+        # well before the WebSocket heartbeat (30 s, then 15 s for the pong) would notice
+        assert await eventually(lambda: not gateway.live, 20), "a stalled reader held its response's turn"
+        assert await eventually(lambda: not hub.connections and not hub.sessions, 5)
+    finally:
+        writer.close()
 
 
 async def test_origins(make_client, stages):

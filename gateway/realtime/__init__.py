@@ -51,7 +51,7 @@ class RealtimeHub:
             await ws.close(code=CLOSE_TRY_AGAIN, message=exc.code.encode())
             return ws
         self.sessions[client] += 1
-        connection = Connection(self.gateway, self, ws, client)
+        connection = Connection(self.gateway, self, request, ws, client)
         self.connections.add(connection)
         try:
             await connection.run()

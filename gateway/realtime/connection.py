@@ -17,6 +17,7 @@ import time
 from aiohttp import WSMsgType, web
 
 from gateway.conversations import Conversation
+from gateway.http import write_or_abort
 from gateway.realtime.detection import make_detector
 from gateway.realtime.protocol import (SAMPLE_RATE, ClientError, Item, audio_ms, cancelled, decode_audio,
                                        error_event, failed, new_id, parse_client_event, response_object,
@@ -40,8 +41,8 @@ MAX_ITEMS = 200  # conversation items kept per socket (the LLM gets the last HIS
 
 
 class Connection:
-    def __init__(self, gateway, hub, ws: web.WebSocketResponse, client: str):
-        self.gateway, self.hub, self.ws, self.client = gateway, hub, ws, client
+    def __init__(self, gateway, hub, request: web.Request, ws: web.WebSocketResponse, client: str):
+        self.gateway, self.hub, self.request, self.ws, self.client = gateway, hub, request, ws, client
         self.settings = hub.settings
         self.conversation = Conversation(new_id("conv"))  # the bus session of all its turns
         self.config = SessionConfig(new_id("sess"))
@@ -68,13 +69,11 @@ class Connection:
         if self.closed or self.ws.closed:
             return False
         event.setdefault("event_id", new_id("event"))
-        try:
-            async with self.send_lock:
-                await self.ws.send_json(event)
-        except (ConnectionResetError, RuntimeError):
-            self.closed = True
-            return False
-        return True
+        async with self.send_lock:
+            sent = await write_or_abort(self.request, self.ws.send_json(event), self.settings.write_timeout_s,
+                                        "a realtime socket")
+        self.closed = self.closed or not sent
+        return sent
 
     async def error(self, exc: ClientError) -> None:
         await self.send(error_event(exc))

@@ -24,6 +24,8 @@ class RealtimeSettings:
     max_sessions_per_client: int = setting(4, "realtime sockets at once from one address")
     idle_timeout_s: float = setting(300.0, "a realtime socket with no client event and nothing in progress for this "
                                     "long is closed")
+    write_timeout_s: float = setting(10.0, "a realtime socket whose client stops reading for this long is closed "
+                                     "(its response cancelled)")
     allowed_origins: tuple[str, ...] = setting((), "browser origins allowed to open `/v1/realtime` besides the "
                                                "page's own (comma-separated); clients without an `Origin` header "
                                                "are always allowed", items=normal_origin)
