@@ -53,17 +53,33 @@ def source_session(client, source: str) -> aiohttp.ClientSession:
 
 
 async def raw_connection(client, head: bytes, source: str = "127.0.0.1", rcvbuf: int | None = None):
-    """A raw TCP connection to the gateway that has sent `head` (request line and headers)."""
+    """A raw TCP connection to the gateway that has sent `head` (request line and headers). With
+    `rcvbuf`, a slow reader: the gateway's send buffer for it is set as small, so that what the
+    test sends outgrows every buffer on any kernel (autotuned send buffers differ by machine)."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.bind((source, 0))
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.server.port))
+    if rcvbuf:
+        await shrink_server_send_buffer(client, sock.getsockname(), rcvbuf)
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(head)
     await writer.drain()
     return reader, writer
+
+
+async def shrink_server_send_buffer(client, peer: tuple, size: int) -> None:
+    """SO_SNDBUF on the gateway's end of the connection from `peer` (a fixed size ends autotuning)."""
+    for _ in range(200):
+        for handler in client.server.runner.server.connections:
+            transport = handler.transport
+            if transport is not None and transport.get_extra_info("peername") == peer:
+                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the gateway never accepted the connection from {peer}")
 
 
 def request_head(client, method: str, path: str, **headers: str) -> bytes:
@@ -430,7 +446,7 @@ async def test_a_frame_over_the_maximum_size_drops_its_sender_unread(make_client
 async def test_a_stream_whose_client_stops_reading_is_closed_and_releases_its_turn(make_client, bus_env):
     from tests.fakes.fake_stages import FakeStages
 
-    # ~12 MB of events: more than the socket buffers of both ends hold (4 MB at most for the sender here)
+    # ~12 MB of events: more than the socket buffers of both ends hold (raw_connection keeps them small)
     long_answer = tuple(f"Sentence {i} " + "word " * 12_000 + "end." for i in range(200))
     with FakeStages(bus_env, sentences=long_answer):
         client = await make_client(replace(SETTINGS, sse_write_timeout_s=1.0, max_upload_bytes=200_000))

@@ -325,10 +325,10 @@ def masked_text_frame(event: dict) -> bytes:
     return bytes([0x81]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def test_a_client_that_stops_reading_is_closed_and_its_turn_released(make_client, stages):
+async def test_a_client_that_stops_reading_is_closed_and_its_turn_released(make_client, stages, caplog):
     from tests.test_gateway_hostile import raw_connection, request_head
 
-    # ~12 MB of transcript deltas: more than the socket buffers of both ends hold
+    # ~12 MB of transcript deltas: more than the socket buffers of both ends hold (raw_connection keeps them small)
     stages.sentences = tuple(f"Sentence {i} " + "word " * 12_000 + "end." for i in range(200))
     client = await make_client(settings(write_timeout_s=1.0))
     await wait_ready(client)
@@ -342,10 +342,12 @@ async def test_a_client_that_stops_reading_is_closed_and_its_turn_released(make_
         writer.write(masked_text_frame({"type": "response.create"}))
         await writer.drain()
         gateway, hub = client.app[GATEWAY], client.app[REALTIME]
-        assert await eventually(lambda: gateway.live, 10)
+        assert await eventually(lambda: stages.llm_requests, 10), "the response never started"
         # well before the WebSocket heartbeat (30 s, then 15 s for the pong) would notice
         assert await eventually(lambda: not gateway.live, 20), "a stalled reader held its response's turn"
         assert await eventually(lambda: not hub.connections and not hub.sessions, 5)
+        # closed by the write timeout, not by a response that got through
+        assert "a realtime socket's client stopped reading for 1 s: closing it" in caplog.text
     finally:
         writer.close()
 
