@@ -446,8 +446,9 @@ async def test_a_frame_over_the_maximum_size_drops_its_sender_unread(make_client
 async def test_a_stream_whose_client_stops_reading_is_closed_and_releases_its_turn(make_client, bus_env):
     from tests.fakes.fake_stages import FakeStages
 
-    # ~12 MB of events: more than the socket buffers of both ends hold (raw_connection keeps them small)
-    long_answer = tuple(f"Sentence {i} " + "word " * 12_000 + "end." for i in range(200))
+    # ~12 MB of events: more than the socket buffers of both ends hold (raw_connection keeps them
+    # small), in 12 sentences: 200 such requests at once could fill the TTS worker's queue (100)
+    long_answer = tuple(f"Sentence {i} " + "word " * 200_000 + "end." for i in range(12))
     with FakeStages(bus_env, sentences=long_answer):
         client = await make_client(replace(SETTINGS, sse_write_timeout_s=1.0, max_upload_bytes=200_000))
         await wait_ready(client)

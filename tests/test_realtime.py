@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -328,8 +329,10 @@ def masked_text_frame(event: dict) -> bytes:
 async def test_a_client_that_stops_reading_is_closed_and_its_turn_released(make_client, stages, caplog):
     from tests.test_gateway_hostile import raw_connection, request_head
 
-    # ~12 MB of transcript deltas: more than the socket buffers of both ends hold (raw_connection keeps them small)
-    stages.sentences = tuple(f"Sentence {i} " + "word " * 12_000 + "end." for i in range(200))
+    # ~12 MB of transcript deltas: more than the socket buffers of both ends hold (raw_connection keeps
+    # them small), in 12 sentences: 200 such requests at once could fill the TTS worker's queue (100)
+    stages.sentences = tuple(f"Sentence {i} " + "word " * 200_000 + "end." for i in range(12))
+    caplog.set_level(logging.INFO, logger="s2s.gateway.realtime")
     client = await make_client(settings(write_timeout_s=1.0))
     await wait_ready(client)
     head = request_head(client, "GET", "/v1/realtime", Upgrade="websocket", Connection="Upgrade",
@@ -345,9 +348,11 @@ async def test_a_client_that_stops_reading_is_closed_and_its_turn_released(make_
         assert await eventually(lambda: stages.llm_requests, 10), "the response never started"
         # well before the WebSocket heartbeat (30 s, then 15 s for the pong) would notice
         assert await eventually(lambda: not gateway.live, 20), "a stalled reader held its response's turn"
-        assert await eventually(lambda: not hub.connections and not hub.sessions, 5)
-        # closed by the write timeout, not by a response that got through
-        assert "a realtime socket's client stopped reading for 1 s: closing it" in caplog.text
+        ended = [r.getMessage() + f" {getattr(r, 'reason', '')}" for r in caplog.records if "response" in r.getMessage()]
+        assert await eventually(lambda: not hub.connections and not hub.sessions, 5), f"still open; {ended}"
+        # closed by the write timeout, not by a response that got through (or failed)
+        assert "a realtime socket's client stopped reading for 1 s: closing it" in caplog.text, ended
+        assert [m.split()[:2] for m in ended] == [["response", "cancelled"]], ended  # its log line says so
     finally:
         writer.close()
 

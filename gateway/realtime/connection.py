@@ -28,6 +28,7 @@ from gateway.realtime.transcription import Utterance
 from gateway.turn import TurnState
 from proto import ChatMessage, events
 from services.personas import HISTORY_MESSAGES, PERSONAS
+from services.runtime.logs import log_turn
 
 log = logging.getLogger("s2s.gateway.realtime")
 
@@ -566,12 +567,22 @@ class Response:
                                                     lambda: c.closed or c.ws.closed)
         finally:
             c.close_turn(self.turn, finished, self.reason or "response ended")
+            self._log_end(finished)
             try:
                 if not c.closed:
                     await self._finish()
             finally:  # only now may another response start: its events follow this one's response.done
                 c.response = None
                 self.ended.set()
+
+    def _log_end(self, finished: bool) -> None:
+        """One line per response, as an upload's turn has its done or error line: how it ended and why."""
+        outcome = self.outcome or cancelled(self.reason or ("socket closed" if self.connection.closed else ""))
+        failure = outcome.get("error") or {}
+        log_turn(log, f"response {outcome['type']}", self.connection.conversation.id, self.turn.number,
+                 level=logging.WARNING if outcome["type"] == "failed" else logging.INFO, finished=finished,
+                 reason=outcome.get("reason") or failure.get("message", ""), stage=failure.get("code"),
+                 audio_s=round(self.audio_bytes / (2 * SAMPLE_RATE), 3), client_gone=self.connection.closed)
 
     async def _transcribed(self) -> bool:
         """Wait for the transcription still running when the response was asked for; False when
