@@ -202,8 +202,12 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
                2 * TURN_MS)
         t.js("() => s2sTestMic.say(1)")
         t.wait("() => s2s.marks.some(m => m.name === 'interrupted')", TURN_MS)
-        t.wait("() => s2s.marks.filter(m => m.name === 'done').length >= 1 && s2s.state === 'listening'", TURN_MS)
-        first, second = answers(t)[:2]
+        # the next answer is done: a done after the interruption
+        t.wait("""() => { const cut = s2s.marks.find(m => m.name === 'interrupted');
+                          return s2s.marks.some(m => m.name === 'done' && m.at > cut.at) && s2s.state === 'listening'; }""",
+               TURN_MS)
+        story = json.dumps([answers(t), t.js("() => s2s.marks.map(m => [m.name, m.sessionId, Math.round(m.at)])")])
+        first, *between, last = answers(t)
         interrupted = marks(t, "interrupted")[0]
         started = [m for m in marks(t, "speech_started") if m["at"] <= interrupted["at"]][-1]
         cut_session = t.js("() => s2s.marks.find(m => m.name === 'interrupted').sessionId")
@@ -218,7 +222,12 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
         # (the analyser sees audio a few ms before the output clock says it is heard)
         loud = [at for at, level in levels if level > 0 and started["at"] + BARGE_IN_STOP_MS < at < next_start - 100]
         assert not loud, (loud[0] - started["at"], next_start - started["at"], len(loud), chunks)
-        assert first["note"] == "Interrupted." and not second["note"], (answers(t), [m["name"] for m in t.js("() => s2s.marks")])
+        assert first["note"] == "Interrupted." and not last["note"] and last["latency"], story
+        # a pause inside the second question that turn detection takes for its end (an audio
+        # dropout on a busy machine will do) makes it two turns: the second half comes before the
+        # first half's answer is heard (it is then interrupted, or never asked), and the last turn,
+        # with the first half in its history, is answered
+        assert len(between) <= 1 and all(not a["reply"] and not a["latency"] for a in between), story
 
         # the page told the server how much was played ...
         truncate = [s[2] for s in t.js("() => s2s.sent") if s[1] == "conversation.item.truncate"]
