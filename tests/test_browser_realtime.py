@@ -206,11 +206,12 @@ def test_barge_in_fades_the_answer_within_300_ms_and_the_next_answer_knows_only_
         t.wait("""() => { const cut = s2s.marks.find(m => m.name === 'interrupted');
                           return s2s.marks.some(m => m.name === 'done' && m.at > cut.at) && s2s.state === 'listening'; }""",
                TURN_MS)
-        story = json.dumps([answers(t), t.js("() => s2s.marks.map(m => [m.name, m.sessionId, Math.round(m.at)])")])
-        first, *between, last = answers(t)
+        shown = answers(t)
+        story = json.dumps([shown, t.js("() => s2s.marks.map(m => [m.name, m.sessionId, Math.round(m.at)])")])
+        first, *between, last = shown
         interrupted = marks(t, "interrupted")[0]
         started = [m for m in marks(t, "speech_started") if m["at"] <= interrupted["at"]][-1]
-        cut_session = t.js("() => s2s.marks.find(m => m.name === 'interrupted').sessionId")
+        cut_session = interrupted["sessionId"]
         chunks = t.js("id => s2s.chunks.filter(c => c.sessionId === id)", cut_session)
         heard = [c for c in chunks if c["startedAt"] is not None]
         assert heard and heard[-1]["stopped"], chunks
