@@ -62,6 +62,10 @@ class AsrFinal(Envelope, tag="asr.final"):
 
 class AsrStreamStart(Envelope, tag="asr.stream.start"):
     sample_rate: int = 16000
+    # decode at a pace as it grows, for partial transcripts; False: only at pauses and the end
+    # (push-to-talk: nothing shows partials before the commit, and a decode under way at the
+    # release would delay the final one)
+    paced: bool = True
 
 
 class AsrStreamAudio(Envelope, tag="asr.stream.audio"):

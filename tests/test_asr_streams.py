@@ -116,3 +116,17 @@ def test_a_pause_after_speech_gets_the_final_ready_before_the_turn_ends():
     assert [type(m) for m in out] == [AsrPartial]
     final, _ = run(streams, AsrStreamEnd(frames=4, speech_end_s=0.4))[0]
     assert final.text == out[0].text and transcribe.calls == [0.6]  # nothing left to decode at the end
+
+
+def test_an_unpaced_stream_decodes_only_at_pauses_and_the_end():
+    """Push-to-talk's (`paced` false): no partial while speech goes on, so no decode is under way
+    when the button is let go; a pause still gets one ready."""
+    transcribe = Transcriber()
+    streams = Streams(transcribe)
+    loud, quiet = b"\x00\x20" * 3200, bytes(6400)
+    run(streams, AsrStreamStart(paced=False))
+    frames = [loud] * 10 + [quiet] + [loud] * 5  # 2 s of speech, a 0.2 s pause, 1 s more
+    out = [m for i, f in enumerate(frames) for m, _ in run(streams, AsrStreamAudio(index=i), [f])]
+    assert transcribe.calls == [2.2] and [m.audio_s for m in out] == [2.2]  # at the pause only
+    final, _ = run(streams, AsrStreamEnd(frames=len(frames)))[0]
+    assert transcribe.calls == [2.2, 3.2] and final.text == "heard 3.2 s"

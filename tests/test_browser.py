@@ -450,24 +450,34 @@ def test_stop_mid_answer_silences_within_200_ms_and_nothing_more_is_fetched_or_p
         assert t.page.locator("#stop").is_disabled()
 
 
-def test_push_to_talk_streams_so_the_transcript_comes_sooner_than_by_the_upload_kept_for_older_browsers(
+def test_push_to_talk_streams_the_audio_while_held_and_the_upload_kept_for_older_browsers_sends_it_at_release(
         browser, product):
-    delays = {}
+    """Why streaming gets the transcript sooner, by construction: over the socket, the recording
+    has reached the server by the time the button is let go (only the commit is left to send);
+    without AudioWorklet, the whole recording is uploaded after it. How much sooner is a speed
+    claim, measured by scripts/bench_push_to_talk.py (docs/BENCHMARKS.md)."""
     for path, init in (("socket", None), ("upload", "delete window.AudioWorkletNode;")):
         with tab(browser, product, init=init) as t:
             t.open()
             view = t.turn()
             assert view["user"].strip() and view["reply"].strip()
             release = t.js("() => s2s.marks.filter(m => m.name === 'release').pop().at")
-            delays[path] = t.js("at => s2s.marks.find(m => m.name === 'transcript' && m.at > at).at", release) - release
+            appended = t.js("() => s2s.appended")  # [at, ms] of each microphone frame sent
+            streamed_ms = sum(ms for at, ms in appended if at < release)
             uploads = [u for _, m, u in t.requests if m == "POST" and "/upload?persona=" in u]
             if path == "upload":  # no AudioWorklet: the recording is uploaded, the answer streamed back
-                assert len(uploads) == 1 and any("/stream/" + view["session"] in u for _, _, u in t.requests)
+                assert not appended and len(uploads) == 1
+                assert t.js("at => s2s.marks.find(m => m.name === 'upload').at >= at", release)
+                assert any("/stream/" + view["session"] in u for _, _, u in t.requests)
                 assert list(view["latency"]) == ["asr", "llm_first_sentence", "tts_first_chunk", "first_audio"]
                 assert t.page.locator("#mode-hands-free").is_disabled() and not t.js("() => s2s.sent.length")
             else:
-                assert not uploads and len(t.sent("input_audio_buffer.commit")) == 1
-    assert delays["socket"] < delays["upload"], delays
+                # the second held went out as it was spoken (40 ms frames; half of it, for a busy
+                # machine's late first frames), none of it after the release, then the commit
+                assert streamed_ms >= HOLD_MS / 2, appended
+                assert all(at < release for at, _ in appended), (release, appended)
+                commits = [at for at, kind, _ in t.js("() => s2s.sent") if kind == "input_audio_buffer.commit"]
+                assert not uploads and len(commits) == 1 and commits[0] >= release
 
 
 def test_clear_history_and_a_persona_change_start_afresh_and_a_persona_change_switches_the_voice(browser, product):

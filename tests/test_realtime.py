@@ -15,7 +15,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.app import GATEWAY
-from proto import AsrStreamEnd
+from proto import AsrStreamAudio, AsrStreamEnd, AsrStreamStart
 from gateway.realtime import REALTIME
 from gateway.realtime.limits import RealtimeSettings
 from tests.gateway_harness import SETTINGS, eventually, wait_ready
@@ -103,6 +103,50 @@ async def test_a_spoken_turn_push_to_talk_with_the_sdk(make_client, stages):
     # the whole utterance went to one ASR stream, and the LLM got the transcript
     assert stages.asr_streams and stages.asr_streams[0].frames == 5  # 1 s at 16 kHz in 0.2 s frames
     assert stages.llm_requests[-1].history[-1].content == "What is the capital of France?"
+
+
+def asr_frames(stages, turn: int | None = None) -> list:
+    """The streamed audio frames the fake ASR has taken (of one bus turn, or all)."""
+    return [m for stage, m in stages.received
+            if stage == "asr" and isinstance(m, AsrStreamAudio) and turn in (None, m.turn)]
+
+
+def asr_starts(stages) -> list:
+    return [m for stage, m in stages.received if stage == "asr" and isinstance(m, AsrStreamStart)]
+
+
+async def test_push_to_talk_audio_reaches_asr_while_it_is_held_and_a_clear_stops_it(make_client, stages):
+    """Held audio is recognised as it comes: by the commit, ASR has every frame, so only the
+    final decode of what it has not decoded yet is left (not the whole buffer sent and decoded
+    then). The partial heard before the commit goes out after it, as the item's."""
+    async with realtime_session(make_client) as (connection, created):
+        await push_to_talk(connection)
+        await stream(connection, TONE)  # 1 s: five 0.2 s frames at ASR's 16 kHz, nothing committed
+        assert await eventually(lambda: len(asr_frames(stages)) == 5, 20), asr_frames(stages)
+        assert not stages.asr_streams  # not ended: the ASR stream is open, waiting for more
+        await connection.input_audio_buffer.commit()
+        seen: list = []
+        completed = await until(connection, "conversation.item.input_audio_transcription.completed", seen)
+        kinds = [e.type for e in seen]
+        assert kinds.index("input_audio_buffer.committed") < kinds.index("conversation.item.added") \
+            < kinds.index("conversation.item.input_audio_transcription.delta")
+        delta = next(e for e in seen if e.type == "conversation.item.input_audio_transcription.delta")
+        assert delta.item_id == completed.item_id and delta.delta == "What"  # the fake ASR's partial
+        assert completed.transcript == "What is the capital of France?"
+        assert [s.frames for s in stages.asr_streams] == [5]
+        # held and let go without a commit (the page's too-short press): that ASR stream stops
+        await stream(connection, TONE)
+        assert await eventually(lambda: len(asr_frames(stages)) == 10, 20), asr_frames(stages)
+        held_turn = (asr_frames(stages))[-1].turn
+        await connection.input_audio_buffer.clear()
+        await until(connection, "input_audio_buffer.cleared")
+        assert await eventually(lambda: any(c.turn == held_turn for c in stages.cancels["asr"]), 20)
+        # and the next press streams afresh, into a turn of its own
+        assert await say(connection) == "What is the capital of France?"
+    assert [s.frames for s in stages.asr_streams] == [5, 5]
+    assert len({m.turn for m in asr_frames(stages)}) == 3
+    # decoded at pauses and the end only: none under way at the release to delay the final
+    assert [m.paced for m in asr_starts(stages)] == [False] * 3
 
 
 async def test_a_two_turn_conversation_remembers_and_instructions_apply(make_client, stages):
@@ -433,6 +477,7 @@ async def test_a_spoken_turn_with_server_vad(make_client, stages, question_pcm):
     # the utterance streamed to ASR is the speech with its padding, not the whole buffer
     utterance_s = stages.asr_streams[-1].frames * 0.2
     assert abs(utterance_s - (stopped.audio_end_ms - started.audio_start_ms) / 1000) <= 0.2
+    assert [m.paced for m in asr_starts(stages)] == [True]  # decoded as it grows: partials while spoken
 
 
 async def test_barge_in_cancels_the_answer_and_keeps_what_was_heard(make_client, stages, question_pcm):

@@ -63,6 +63,7 @@ class Connection:
         self.response: "Response | None" = None
         self.tasks: set[asyncio.Task] = set()
         self.partials: dict[str, str] = {}  # item id -> the partial transcript sent so far
+        self.held_partial: str | None = None  # push-to-talk: the last partial before the commit
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -141,10 +142,7 @@ class Connection:
         """Everything this socket started stops, here and on every stage."""
         if self.response is not None:
             self.response.turn.cancel(reason)
-        if self.utterance is not None:
-            self.utterance.turn.cancel(reason)
-            self.close_turn(self.utterance.turn, False, reason)
-            self.utterance = None
+        self._drop_utterance(reason)
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):
@@ -325,6 +323,8 @@ class Connection:
         """A session.update that sets turn detection: takes effect between appends."""
         if self.speech_item is not None:
             await self._speech_stopped(None)
+        else:  # push-to-talk audio not committed: it stays in the buffer, no longer streamed to ASR
+            self._drop_utterance("turn detection changed")
         self.resampler = Resampler24kTo16k()
         self.detector, self.config.turn_detection_effective = make_detector(self.hub.listening, requested,
                                                                             self.position_ms())
@@ -342,7 +342,10 @@ class Connection:
                               "or clear it.", code="input_audio_buffer_full", event_id=event_id)
         self.buffer += pcm
         if self.detector is None and self.utterance is None:
-            return  # push-to-talk: the buffer goes to ASR when committed
+            # push-to-talk: the audio streams to ASR while it is held, so that at the commit only
+            # what ASR has not decoded yet is left (not the whole buffer, sent and decoded then)
+            self.resampler.reset()
+            await self._open_utterance(b"", paced=False)
         pcm16k = self.resampler.process(pcm)
         if self.utterance is not None:
             self.utterance.feed(pcm16k)
@@ -387,12 +390,15 @@ class Connection:
         self._forget_before(start_ms)
         await self._open_utterance(bytes(self.buffer))
 
-    async def _open_utterance(self, pcm24: bytes) -> None:
+    async def _open_utterance(self, pcm24: bytes, paced: bool = True) -> None:
+        """Streams the utterance to ASR from pcm24 on (paced: decoded as it grows, for partials;
+        else only at pauses and the end). Its partial transcripts go out once it is an item:
+        push-to-talk audio becomes one at the commit (until then, speech_item is None)."""
         turn = self.open_turn()
-        item_id = self.speech_item
+        self.held_partial = None
         # its frames are kept for a re-send up to the buffer's cap (at ASR's 16 kHz)
-        self.utterance = Utterance(self.gateway, turn, lambda text: self._partial(item_id, text),
-                                   keep_bytes=self.buffer_cap() * 2 // 3)
+        self.utterance = Utterance(self.gateway, turn, self._partials_of(self.speech_item),
+                                   keep_bytes=self.buffer_cap() * 2 // 3, paced=paced)
         await self.utterance.begin()
         self.utterance.feed(resample_24k_to_16k(pcm24))
 
@@ -411,14 +417,16 @@ class Connection:
                            end_ms=event.audio_end_ms)
 
     async def _input_commit(self, event_id: str | None) -> None:
-        if self.utterance is None and audio_ms(len(self.buffer)) < MIN_COMMIT_MS:
+        if (self.utterance is None or self.speech_item is None) and audio_ms(len(self.buffer)) < MIN_COMMIT_MS:
             raise ClientError(f"The buffer holds {audio_ms(len(self.buffer))} ms of audio; a commit needs at "
                               f"least {MIN_COMMIT_MS} ms.", code="input_audio_buffer_commit_empty",
                               event_id=event_id)
         item_id = self.speech_item or new_id("item")
         if self.utterance is None:
             self.speech_item = item_id
-            await self._open_utterance(bytes(self.buffer))
+            await self._open_utterance(bytes(self.buffer), paced=False)  # all of it at once: one decode
+        elif self.speech_item is None:  # push-to-talk audio, streamed to ASR since its first append
+            self.utterance.on_partial = self._partials_of(item_id)
         await self._commit(item_id, -1.0, respond=False)
 
     async def _commit(self, item_id: str, speech_end_s: float, respond: bool, end_ms: int | None = None) -> None:
@@ -438,6 +446,9 @@ class Connection:
         self.transcribing = self.spawn(self._transcribe(utterance, item, speech_end_s, before, respond, announced))
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.as_dict()})
+        if self.held_partial is not None:  # push-to-talk: what ASR had heard before the commit
+            self._partial(item_id, self.held_partial)
+            self.held_partial = None
         announced.set()
 
     async def _transcribe(self, utterance: Utterance, item: Item, speech_end_s: float, before, respond: bool,
@@ -476,6 +487,13 @@ class Connection:
         if self.speech_item is None and self.history() is not None:  # not answered meanwhile
             self.start_response()
 
+    def _partials_of(self, item_id: str | None):
+        """What an utterance does with its partial transcripts: sends them as this item's (none
+        yet: keeps the last, which goes out once the commit made it an item)."""
+        if item_id is None:
+            return lambda text: setattr(self, "held_partial", text)
+        return lambda text: self._partial(item_id, text)
+
     def _partial(self, item_id: str, text: str) -> None:
         """A partial transcript: the protocol's deltas only append, so only what extends the text
         sent so far goes out (the completed event carries the final text)."""
@@ -486,11 +504,15 @@ class Connection:
         self.spawn(self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
                               "content_index": 0, "delta": text[len(sent):]}))
 
-    async def _input_clear(self) -> None:
+    def _drop_utterance(self, reason: str) -> None:
+        """The utterance streaming to ASR will not be committed: its ASR work stops."""
         if self.utterance is not None:
-            self.utterance.turn.cancel("cleared")
-            self.close_turn(self.utterance.turn, False, "cleared")
+            self.utterance.turn.cancel(reason)
+            self.close_turn(self.utterance.turn, False, reason)
             self.utterance, self.speech_item = None, None
+
+    async def _input_clear(self) -> None:
+        self._drop_utterance("cleared")
         self.consumed += len(self.buffer)
         self.buffer.clear()
         if self.detector is not None:

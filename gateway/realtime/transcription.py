@@ -30,8 +30,9 @@ class Utterance:
     the whole stream so far (start, every frame, the end if it was sent) goes again, once, to
     another ready worker, as a turn's recovery re-sends what a lost worker held (gateway/recovery.py)."""
 
-    def __init__(self, gateway, turn, on_partial, keep_bytes: int):
+    def __init__(self, gateway, turn, on_partial, keep_bytes: int, paced: bool = True):
         self.gateway, self.turn = gateway, turn  # turn: a LiveTurn registered in gateway.live
+        self.paced = paced  # ASR decodes it as it grows (False: only at pauses and the end)
         self.on_partial = on_partial  # called with each partial transcript's text
         self.pending = bytearray()
         self.frames = 0
@@ -70,7 +71,7 @@ class Utterance:
         if not self.gateway.board.is_ready("asr"):
             self.failed = ("unavailable", f"The ASR stage is not available: {self.gateway.board.state('asr')}")
         self.started = True
-        self._send(AsrStreamStart(sample_rate=RATE_ASR))
+        self._send(AsrStreamStart(sample_rate=RATE_ASR, paced=self.paced))
 
     @property
     def audio_s(self) -> float:
@@ -136,7 +137,7 @@ class Utterance:
         """Exactly what the lost worker held, to the ready worker with the shortest queue."""
         self.resent, self.lost_since, self.worker = True, None, None
         self.gateway.resent_requests += 1
-        self._send(AsrStreamStart(sample_rate=RATE_ASR))
+        self._send(AsrStreamStart(sample_rate=RATE_ASR, paced=self.paced))
         for index, frame in enumerate(self.sent):
             self._send(AsrStreamAudio(index=index), frame)
         if self.end is not None:

@@ -2,7 +2,7 @@
 
 The worker's compute thread takes a stream's messages in order (one inbox, one thread for a
 Whisper backend). Each audio frame may trigger a decode of the utterance so far, which goes out
-as asr.partial; decodes are spaced so that they take at most about two thirds of real time
+as asr.partial (unless the stream asked for none: `paced` false); decodes are spaced so that they take at most about two thirds of real time
 (`PACE`), so the stage stays ahead of the speaker instead of queueing behind them. At the end,
 the last decode stands when it already covered all the speech; only a tail it has not seen is
 decoded then. To have that decode ready, a pause is a cue: once 0.2 s of silence follows speech
@@ -37,6 +37,7 @@ STALE_S = 60.0  # an utterance fed nothing for this long is forgotten (its gatew
 
 @dataclass
 class _Stream:
+    paced: bool = True  # decodes as it grows (else only at pauses and the end)
     chunks: list = field(default_factory=list)
     samples: int = 0
     frames: int = 0
@@ -64,7 +65,7 @@ class Streams:
             if request.sample_rate != SAMPLE_RATE:
                 raise BadRequest(f"ASR takes {SAMPLE_RATE} Hz audio, got {request.sample_rate} Hz")
             self._forget_stale(stop)
-            self.open[key] = _Stream()
+            self.open[key] = _Stream(paced=request.paced)
             while len(self.open) > MAX_STREAMS:
                 self.open.popitem(last=False)
             return
@@ -108,7 +109,7 @@ class Streams:
             del self.open[key]
             raise BadRequest(f"an utterance is at most {MAX_UTTERANCE_S:.0f} s")
         new_s = (stream.samples - stream.decoded) / SAMPLE_RATE
-        paced = stream.samples >= FIRST_DECODE_S * SAMPLE_RATE and new_s >= max(MIN_STEP_S, PACE * stream.last_decode_s)
+        paced = stream.paced and stream.samples >= FIRST_DECODE_S * SAMPLE_RATE and new_s >= max(MIN_STEP_S, PACE * stream.last_decode_s)
         pause = (stream.samples - stream.voiced_until >= PAUSE_S * SAMPLE_RATE
                  and stream.voiced_until - stream.decoded >= PAUSE_MIN_SPEECH_S * SAMPLE_RATE)
         if paced or pause:

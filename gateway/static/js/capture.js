@@ -13,6 +13,9 @@ export const MIC_CONSTRAINTS = {
 
 const loadedWorklets = new WeakSet();
 
+/** How long a frame of 24 kHz PCM16 lasts, in ms. */
+export function pcmMs(pcm) { return (pcm.byteLength / 2) * 1000 / SAMPLE_RATE; }
+
 export function canStream() {
   return !!(window.AudioWorkletNode && window.AudioContext && navigator.mediaDevices
             && navigator.mediaDevices.getUserMedia);
@@ -62,7 +65,7 @@ export class Capture {
 
   frame(data) {
     if (this.stopped) return;
-    const ms = (data.pcm.byteLength / 2) * 1000 / SAMPLE_RATE;
+    const ms = pcmMs(data.pcm);
     this.sentMs += ms;
     this.frames.push({ endMs: this.sentMs, peak: data.peak, at: performance.now() });
     while (this.frames.length && this.frames[0].endMs < this.sentMs - FRAME_LOG_MS) this.frames.shift();

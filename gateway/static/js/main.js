@@ -9,7 +9,7 @@
  * microphone as 24 kHz PCM16), player.js (gapless playback on the AudioContext clock),
  * stages.js (badges), view.js (the DOM), visualizer.js, upload.js, http.js.
  */
-import { Capture, canStream } from "./capture.js";
+import { Capture, canStream, pcmMs } from "./capture.js";
 import { apiFetch, errorFromBody, readJson } from "./http.js";
 import { FADE_MS, Player, pcm16Buffer } from "./player.js";
 import { RealtimeClient } from "./realtime.js";
@@ -77,9 +77,10 @@ const app = {
 //           done, error, stop, interrupted, ignored (a short sound in an answer's first
 //           seconds), deleted (the server dropped an ignored item), truncated (the server cut
 //           an answer to what was heard);
-//   sent:   [at, type, fields] of each realtime command but audio.
+//   sent:   [at, type, fields] of each realtime command but audio;
+//   appended: [at, ms] of each microphone frame sent (input_audio_buffer.append).
 const debug = {
-  chunks: [], marks: [], sent: [],
+  chunks: [], marks: [], sent: [], appended: [],
   get state() { return document.body.dataset.state; },
   get mode() { return app.mode; },
   get sessionId() { return app.turn ? app.turn.key : null; },
@@ -97,6 +98,11 @@ function logTo(list, entry) {
 
 function mark(name, key) {
   logTo(debug.marks, { name, at: performance.now(), sessionId: key || null });
+}
+
+// a microphone frame to the realtime socket (both modes stream the microphone this way)
+function sendFrame(pcm) {
+  if (app.client && app.client.append(pcm)) logTo(debug.appended, [performance.now(), pcmMs(pcm)]);
 }
 
 // --- audio ----------------------------------------------------------------------------------------
@@ -604,7 +610,7 @@ async function startListening() {
   }
   try {
     await ensureClient();
-    const capture = new Capture(app.ctx, (pcm) => { if (app.client) app.client.append(pcm); });
+    const capture = new Capture(app.ctx, sendFrame);
     app.capture = capture;
     if (app.error && app.error.kind !== "gateway") clearError();
     await capture.start();
@@ -671,7 +677,7 @@ function startPress(source) {
 
 async function streamPress(press) {
   await ensureClient();
-  const capture = new Capture(app.ctx, (pcm) => { if (app.client) app.client.append(pcm); });
+  const capture = new Capture(app.ctx, sendFrame);
   press.capture = capture;
   if (press.released) return micClosedEarly(press);
   if (!(await capture.start()) || press.released) { capture.stop(); return micClosedEarly(press); }
