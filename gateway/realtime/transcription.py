@@ -71,7 +71,11 @@ class Utterance:
         if not self.gateway.board.is_ready("asr"):
             self.failed = ("unavailable", f"The ASR stage is not available: {self.gateway.board.state('asr')}")
         self.started = True
-        self._send(AsrStreamStart(sample_rate=RATE_ASR, paced=self.paced))
+        self._send(self._start())
+
+    def _start(self) -> AsrStreamStart:
+        """The utterance's first message, as first sent and as re-sent."""
+        return AsrStreamStart(sample_rate=RATE_ASR, paced=self.paced)
 
     @property
     def audio_s(self) -> float:
@@ -137,7 +141,7 @@ class Utterance:
         """Exactly what the lost worker held, to the ready worker with the shortest queue."""
         self.resent, self.lost_since, self.worker = True, None, None
         self.gateway.resent_requests += 1
-        self._send(AsrStreamStart(sample_rate=RATE_ASR, paced=self.paced))
+        self._send(self._start())
         for index, frame in enumerate(self.sent):
             self._send(AsrStreamAudio(index=index), frame)
         if self.end is not None:
