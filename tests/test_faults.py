@@ -21,6 +21,14 @@ from tests.streams import ENDINGS, Stream, assert_ends_once, back_ready, new_ses
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
+# a silent worker is `down` (hung) after this long here (3 s by default): the turns' work must
+# reach a stopped stage before then, and a stage held still must not be taken for hung. With the
+# default, the errors came 2.5 to 3.1 s after the stop, quiet or beside a busy loop; how soon is
+# docs/RELIABILITY.md's claim. The bound is for "ends at all, with its error".
+HUNG_AFTER_S = 15.0
+HUNG_ENDS_WITHIN_S = 60.0
+
+
 @pytest.fixture(scope="module")
 def models(tiny_whisper, tiny_qwen2, tiny_kokoro):
     return tiny_env(tiny_whisper, tiny_qwen2, tiny_kokoro)
@@ -29,7 +37,7 @@ def models(tiny_whisper, tiny_qwen2, tiny_kokoro):
 @pytest.fixture(scope="module")
 def product(models):
     # short replies (a few sentences): five turns at once finish in seconds on two cores
-    with running({**models, "S2S_LLM_MAX_NEW_TOKENS": "30"}) as product:
+    with running({**models, "S2S_LLM_MAX_NEW_TOKENS": "30", "S2S_GATEWAY_DOWN_AFTER_S": str(HUNG_AFTER_S)}) as product:
         yield product
 
 
@@ -50,6 +58,11 @@ def requests_sent(product, since: int, stage: str | None = None) -> Counter:
                    for r in product.log_records("gateway", since)
                    if r.get("msg", "").startswith("sending ") and "tag" in r
                    and (stage is None or r.get("stage") == stage))
+
+
+def turns_sent(product, since: int, stage: str) -> set:
+    """The turns (session, turn) with a request sent to the stage since that offset of its log."""
+    return {(session, turn) for session, turn, *_ in requests_sent(product, since, stage)}
 
 
 async def wait_for_sent(product, since: int, stage: str, count: int) -> None:
@@ -74,7 +87,7 @@ def test_kill_9_with_five_streams_in_flight(product, question, stage):
             streams = [await Stream(product.url, http if i == 0 else None).upload(question) for i in range(5)]
             pid = product.pids()[stage]
             if not REACHED[stage]:
-                # the tiny ASR is quick: held still (well under the 3 s that make it "hung") so
+                # the tiny ASR is quick: held still (well under the HUNG_AFTER_S that make it "hung") so
                 # that all five requests are surely in its hands when it is killed
                 os.kill(pid, signal.SIGSTOP)
             for stream in streams:  # five questions at once
@@ -113,34 +126,43 @@ def test_kill_9_with_five_streams_in_flight(product, question, stage):
 
 
 @pytest.mark.parametrize("stage", ["llm", "tts"])
-def test_a_hung_stage_ends_its_streams_within_5_s_and_late_results_are_dropped(product, question, stage):
-    """SIGSTOP: the stage is alive but silent. Its streams get an error naming it within 5 s;
-    after SIGCONT what it sends for those turns goes nowhere, and the next turn is whole."""
+def test_a_hung_stage_ends_its_streams_with_an_error_and_late_results_are_dropped(product, question, stage):
+    """SIGSTOP: the stage is alive but silent. Every stream whose work it holds gets one error
+    naming it, once its heartbeats are missed and while it is still stopped; after SIGCONT what it
+    sends for those turns goes nowhere, and the same conversation's next turn is whole."""
+    log_from = product.log_size("gateway")
+    pid = product.pids()[stage]
 
     async def scenario():
         async with new_session() as http:
             # the first is the conversation that asks again once the stage is back
-            streams = [await Stream(product.url, http if i == 0 else None).start(question) for i in range(3)]
-            await wait_for(lambda: all(s.saw(REACHED[stage]) for s in streams[:1]), 60, f"a turn to reach {stage}")
-            pid = product.pids()[stage]
+            streams = [await Stream(product.url, http if i == 0 else None).upload(question) for i in range(3)]
+            # stopped before any of the turns reaches it, so each turn's request waits in its hands
+            # (the tiny models are quick: a stage stopped mid-turn may have finished some already)
             os.kill(pid, signal.SIGSTOP)
             stopped = time.monotonic()
             try:
-                await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 30)
+                for stream in streams:
+                    stream.open()
+                # it looks ready until its heartbeats are missed: every turn's work goes to it
+                await wait_for(lambda: len(turns_sent(product, log_from, stage)) >= len(streams), HUNG_AFTER_S,
+                               f"each turn's request sent to the stopped {stage}")
+                await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), HUNG_ENDS_WITHIN_S)
             finally:
                 os.kill(pid, signal.SIGCONT)
+                resumed = time.monotonic()
             await asyncio.to_thread(product.wait_ready, 60)
             # the same conversation at once: the resumed stage may still send for the old turns
             later = await Stream(product.url, http).start(question)
             await asyncio.wait_for(later.task, 120)
-            return streams, stopped, later
+            return streams, stopped, resumed, later
 
-    streams, stopped, later = asyncio.run(scenario())
+    streams, stopped, resumed, later = asyncio.run(scenario())
     for stream in streams:
         assert_ends_once(stream, stage)
-        if stream.ending[0] == "error":
-            assert stream.ended_at - stopped <= 5.0, stream.ended_at - stopped
-    assert any(s.ending[0] == "error" for s in streams), "no stream was waiting on the hung stage"
+        assert stream.ending[0] == "error", stream.ending
+        # found hung by its silence (not at once), and before it was back
+        assert stopped + HUNG_AFTER_S / 2 < stream.ended_at < resumed, (stream.ended_at - stopped, resumed - stopped)
     assert_ends_once(later)
     assert later.ending[0] == "done", later.ending
 
@@ -174,7 +196,7 @@ def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(pr
 
     async def scenario():
         streams = [await Stream(product.url).upload(question) for _ in range(3)]
-        # the ASR is held still (well under the 3 s that make it "hung"), so that no turn can end
+        # the ASR is held still (well under the HUNG_AFTER_S that make it "hung"), so that no turn can end
         # before the gateway stops
         os.kill(asr, signal.SIGSTOP)
         try:
