@@ -87,8 +87,8 @@ def test_kill_9_with_five_streams_in_flight(product, question, stage):
             streams = [await Stream(product.url, http if i == 0 else None).upload(question) for i in range(5)]
             pid = product.pids()[stage]
             if not REACHED[stage]:
-                # the tiny ASR is quick: held still (well under the HUNG_AFTER_S that make it "hung") so
-                # that all five requests are surely in its hands when it is killed
+                # the tiny ASR is quick: held still (well under the HUNG_AFTER_S after which it is "hung")
+                # so that all five requests are surely in its hands when it is killed
                 os.kill(pid, signal.SIGSTOP)
             for stream in streams:  # five questions at once
                 stream.open()
@@ -196,7 +196,7 @@ def test_gateway_sigterm_sends_an_error_to_each_open_stream_and_exits_in_time(pr
 
     async def scenario():
         streams = [await Stream(product.url).upload(question) for _ in range(3)]
-        # the ASR is held still (well under the HUNG_AFTER_S that make it "hung"), so that no turn can end
+        # the ASR is held still (well under the HUNG_AFTER_S after which it is "hung"), so that no turn can end
         # before the gateway stops
         os.kill(asr, signal.SIGSTOP)
         try:

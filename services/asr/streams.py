@@ -3,11 +3,12 @@
 The worker's compute thread takes a stream's messages in order (one inbox, one thread for a
 Whisper backend). Each audio frame may trigger a decode of the utterance so far, which goes out
 as asr.partial (unless the stream asked for none: `paced` false); decodes are spaced so that
-they take at most about two thirds of real time (`PACE`), so the stage stays ahead of the speaker instead of queueing behind them. At the end,
-the last decode stands when it already covered all the speech; only a tail it has not seen is
-decoded then. To have that decode ready, a pause is a cue: once 0.2 s of silence follows speech
-the last decode has not seen, the utterance is decoded at once, during the silence the turn
-detector waits out (typically 0.5 s) before it ends the turn.
+they take at most about two thirds of real time (`PACE`), so the stage stays ahead of the
+speaker instead of queueing behind them. At the end, the last decode stands when it already
+covered all the speech; only a tail it has not seen is decoded then. To have that decode ready,
+a pause is a cue: once 0.2 s of silence follows speech the last decode has not seen, the
+utterance is decoded at once, during the silence the turn detector waits out (typically 0.5 s)
+before it ends the turn.
 """
 
 from __future__ import annotations
